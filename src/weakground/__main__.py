@@ -1,0 +1,3 @@
+from weakground.cli import main
+
+raise SystemExit(main())

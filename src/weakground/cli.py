@@ -1,0 +1,198 @@
+"""``weakground <command>``: train, evaluate and use weakly supervised grounding methods.
+
+Heavy imports (torch, matplotlib) happen inside the commands, so ``weakground --help`` answers at once.
+Errors caused by input (files, labels, settings) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from weakground.errors import WeakgroundError
+
+EPILOG = """examples:
+  weakground train                                   # seed 000 on 2x2 multi-MNIST, small CPU preset (~5 min)
+  weakground train --preset cpu --set data.grid=3    # any setting can be overridden: SECTION.KEY=VALUE
+  weakground eval --checkpoint runs/quickstart/checkpoints/train_best.safetensors --out report.json
+  weakground locate digits.png 3 7 --checkpoint runs/quickstart/checkpoints/train_best.safetensors
+"""
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weakground", description="Weakly supervised visual grounding: learn where a phrase is in an image "
+        "from image-level text alone, then turn a phrase into a heatmap, a point and boxes.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from weakground import __version__
+
+    parser.add_argument("--version", action="version", version=f"weakground {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a method from a preset, evaluate it, write a report and a figure",
+                       description="Train (backbone pretraining, then end-to-end), evaluate on the test split, and "
+                       "write config.json, CSV logs, checkpoints, report.json and grounding.png to --out.")
+    p.add_argument("--preset", default="quickstart", help="preset name (see `weakground presets`) or a YAML path "
+                   "(default: quickstart)")
+    _add_overrides(p)
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained checkpoint and write a JSON report",
+                       description="Rebuild the test split from the checkpoint's data settings (overridable with "
+                       "--set, e.g. data.grid=3) and score boxes from the method's heatmaps.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint written by train")
+    _add_overrides(p)
+    p.add_argument("--split", default="test", choices=["val", "test"], help="which split to score (default: test)")
+    p.add_argument("--max-images", type=int, help="score only the first N images")
+    p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("locate", help="ground phrases (labels) in an image file with a trained checkpoint",
+                       description="Write a heatmap overlay with the peak point and boxes per phrase.")
+    p.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
+    p.add_argument("phrases", nargs="+", help="phrases or labels to ground, e.g. 3 seven")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint written by train")
+    p.add_argument("--out", type=Path, default=Path("overlay.png"), help="overlay figure (default: overlay.png)")
+    p.add_argument("--threshold", type=float, help="box threshold as a fraction of the peak (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true", help="print points and boxes as JSON")
+    p.set_defaults(func=cmd_locate)
+
+    p = sub.add_parser("presets", help="list the bundled presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+
+
+def _summary_rows(test: dict) -> list[tuple[str, str]]:
+    rows = [(k, f"{test[k]:.2f}") for k in test if k.startswith("ap") and k[2:].isdigit()]
+    rows += [("map (mean over thresholds)", f"{test['map']:.2f}"), ("avg_iou", f"{test['avg_iou']:.2f}"),
+             ("pointing_accuracy", f"{test['pointing_accuracy']:.3f}"), ("absent_auroc", f"{test['absent_auroc']:.3f}"),
+             ("queries", str(test["n_queries"]))]
+    return rows
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from weakground.config import load_config
+    from weakground.engine.pipeline import run_experiment
+
+    config = load_config(args.preset, args.overrides)
+    out = args.out or Path("runs") / config.name
+    report = run_experiment(config, out, resume=args.resume, progress=not args.no_progress)
+    layout = f"{config.data.grid}x{config.data.grid} grid" if config.data.layout == "grid" else "free layout"
+    print(f"\n{config.name}: {config.method.name} on {config.data.name} ({layout}), test split")
+    _print_table(_summary_rows(report["test"]))
+    print(f"report: {out / 'report.json'}")
+    if "figure" in report:
+        print(f"figure: {report['figure']}")
+    print(f"checkpoint: {report['train']['checkpoint']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from weakground.config import DataConfig, from_dict, parse_override, to_dict
+    from weakground.data.splits import build_splits
+    from weakground.engine.checkpoint import atomic_write_text
+    from weakground.engine.evaluate import evaluate_label_grounding
+    from weakground.engine.pipeline import load_grounder, machine_description
+    from weakground.engine.trainer import resolve_device
+
+    device = resolve_device("auto")
+    model, config = load_grounder(args.checkpoint, device)
+    data = to_dict(config.data)
+    for text in args.overrides:
+        keys, value = parse_override(text)
+        if len(keys) != 2 or keys[0] != "data":
+            raise WeakgroundError(f"eval --set {text!r}: only data.KEY=VALUE settings apply to evaluation")
+        data[keys[1]] = value
+    data_config = from_dict(DataConfig, data, "--set data")
+    config = dataclasses.replace(config, data=data_config)
+    split = build_splits(data_config, (args.split,))[args.split]
+    report = evaluate_label_grounding(model, split, config.eval, device, args.max_images, progress=True)
+    report.update({"checkpoint": str(args.checkpoint), "split": args.split, "data": to_dict(data_config),
+                   "machine": machine_description()})
+    _print_table(_summary_rows(report))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(report, indent=2))
+        print(f"report: {args.out}")
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from weakground.engine.pipeline import load_grounder
+    from weakground.io import read_image
+    from weakground.metrics import heatmap_to_boxes, resize_heatmap
+    from weakground.viz import overlay_figure
+
+    model, config = load_grounder(args.checkpoint)
+    threshold = config.eval.box_threshold if args.threshold is None else args.threshold
+    image = read_image(args.image, channels=model.backbone_config.in_channels)
+    tensor = torch.from_numpy(image).float().div(255.0)
+    tensor = tensor[None, None] if image.ndim == 2 else tensor.permute(2, 0, 1)[None]
+    with torch.no_grad():
+        maps = resize_heatmap(model.heatmaps(tensor, args.phrases), tuple(image.shape[:2]))[0]
+    results, heatmaps, boxes, points = [], [], [], []
+    for phrase, hm in zip(args.phrases, maps):
+        det, scores = heatmap_to_boxes(hm, threshold)
+        y, x = divmod(int(hm.argmax()), hm.shape[1])
+        results.append({"phrase": phrase, "point": [x, y], "peak": float(hm.max()),
+                        "boxes": [[float(v) for v in b] for b in det], "box_scores": [float(s) for s in scores]})
+        heatmaps.append(hm.numpy())
+        boxes.append(det.tolist())
+        points.append((x, y))
+    overlay_figure(image, heatmaps, list(args.phrases), boxes, points, args.out)
+    if args.json:
+        print(json.dumps({"image": str(args.image), "results": results, "overlay": str(args.out)}, indent=2))
+    else:
+        for r in results:
+            print(f"{r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)")
+        print(f"overlay: {args.out}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from weakground.config import PRESET_DIR, preset_names
+
+    for name in preset_names():
+        first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:14s} {first}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except WeakgroundError as exc:
+        print(f"weakground: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("weakground: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

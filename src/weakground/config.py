@@ -1,0 +1,249 @@
+"""Typed experiment configs, loaded from YAML presets with strict key checking.
+
+A preset is a YAML file under ``weakground/configs/`` (or any path). Every key must name a dataclass field:
+a typo is an error, not a silently ignored setting. Missing keys take the dataclass default, so presets only
+state what they change. The resolved config is saved as JSON beside every run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weakground.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Which data to train and test on. ``name`` selects a dataset from the registry."""
+
+    name: str = "multimnist"
+    layout: str = "grid"  # multimnist: "grid" (grid x grid digits) or "free" (1..4 digits, controllable overlap)
+    grid: int = 2
+    cell: int = 28
+    jitter: int = 0
+    canvas: int = 64
+    min_digits: int = 1
+    max_digits: int = 4
+    max_overlap: float = 0.2
+    noise_std: float = 0.1
+    n_train: int = 8000
+    n_val: int = 500
+    n_test: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class BackboneConfig:
+    """A ResNet-18-family backbone. The paper keeps stride 1 everywhere and drops max pooling so the feature
+    map has the input's resolution; ``stem_stride``/``stage_strides`` make the cost a setting for CPUs."""
+
+    name: str = "resnet"
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # ResNet-18
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    stem_stride: int = 1
+    stage_strides: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    maxpool: bool = False
+    in_channels: int = 1
+
+
+@dataclass
+class MethodConfig:
+    """Settings of the grounding method; ``name`` selects it from the registry, ``params`` go to its own
+    typed config (checked there)."""
+
+    name: str = "mcb_attention"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1 (seed 000): pretrain the backbone on single-digit classification."""
+
+    enabled: bool = True
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class TrainConfig:
+    """Stage 2: end-to-end training of the grounding method."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    backbone_lr_mult: float = 0.1  # the paper keeps the pretrained backbone at 1/10 of the learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine" or "constant"
+    eval_every: int = 1  # epochs between validation passes (0: only at the end)
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    num_workers: int = 0
+    tensorboard: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """How heatmaps become boxes and how boxes are scored (printed with every number)."""
+
+    box_threshold: float = 0.5  # a pixel belongs to a box if its value >= box_threshold * the map's maximum
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5])
+    batch_size: int = 128
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a dataclass field annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool):
+        if type(value) is not annotation:
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "config", require_all: bool = False) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: a dataclass type whose fields all have defaults.
+        data: the mapping (from YAML/JSON).
+        where: a location prefix for error messages, e.g. ``"configs/cpu.yaml: train"``.
+        require_all: every field must be present (a checkpoint's saved config is complete by construction,
+            so a missing key there means the file was damaged or hand-edited).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(names))})")
+    if require_all:
+        missing = sorted(names - set(data))
+        if missing:
+            raise ConfigError(f"{where}: missing key {missing[0]!r}")
+    kwargs = {}
+    for k, v in data.items():
+        if require_all and dataclasses.is_dataclass(hints[k]):
+            kwargs[k] = from_dict(hints[k], v, f"{where}.{k}", require_all=True)
+        else:
+            kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return data or {}
+
+
+# What a preset must say explicitly rather than inherit: which data and which method it is about.
+REQUIRED_PRESET_KEYS = [("data", "name"), ("method", "name")]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"unknown preset {name_or_path!r}; presets: {', '.join(preset_names())}")
+    return candidate
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3); the value is parsed as YAML (numbers, lists, bools)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a preset (name or path) and apply ``KEY=VALUE`` overrides; every key is checked."""
+    path = resolve_preset(preset)
+    data = _read_yaml(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    for section, key in REQUIRED_PRESET_KEYS:
+        if key not in (data.get(section) or {}):
+            raise ConfigError(f"{path}: missing key {section}.{key} (a preset must name it)")
+    return from_dict(ExperimentConfig, data, str(path))
+
+
+def config_from_json(text: str, where: str) -> ExperimentConfig:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    return from_dict(ExperimentConfig, data, where, require_all=True)

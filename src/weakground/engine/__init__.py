@@ -1,0 +1,1 @@
+"""Training loop, checkpoints and evaluation runners shared by every method."""

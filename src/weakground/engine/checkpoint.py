@@ -1,0 +1,131 @@
+"""Checkpoints: weights in safetensors (no code runs on load), the resolved config as JSON beside them.
+
+A checkpoint is one file, ``<name>.safetensors``, whose metadata holds the JSON config, the method name, the
+class names and the training state; ``<name>.json`` beside it is a human-readable copy of that metadata. For
+``--resume``, ``<name>.optim.safetensors`` holds the optimizer state flattened into tensors. Every file is
+written to a temporary name and moved into place with ``os.replace``, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weakground.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimizer: Any = None) -> None:
+    """Write ``model``'s weights and ``meta`` (JSON-serialisable) to ``path`` (a ``.safetensors`` file)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format_version": FORMAT_VERSION, **meta}
+    atomic_write_bytes(path, save(state, metadata={"weakground": json.dumps(meta)}))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    if optimizer is not None:
+        tensors, layout = _flatten_optimizer(optimizer.state_dict())
+        atomic_write_bytes(path.with_suffix(".optim.safetensors"), save(tensors, metadata={"layout": json.dumps(layout)}))
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (state_dict, meta); any problem is a one-line :class:`CheckpointError` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = path.read_bytes()
+        state = load(data)
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if "weakground" not in metadata:
+        raise CheckpointError(f"{path}: safetensors file has no weakground metadata (not a weakground checkpoint)")
+    try:
+        meta = json.loads(metadata["weakground"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
+    return state, meta
+
+
+def load_weights(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model`` strictly; mismatched keys or shapes are a :class:`CheckpointError`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise CheckpointError(
+            f"{path}: checkpoint does not match the model ({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(
+                f"{path}: checkpoint does not match the model ({k!r} is {tuple(v.shape)}, model has {tuple(own[k].shape)})"
+            )
+    model.load_state_dict(state)
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(path: Path, optimizer: Any) -> bool:
+    """Restore the optimizer saved beside checkpoint ``path``; False when there is none."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    opt_path = Path(path).with_suffix(".optim.safetensors")
+    if not opt_path.is_file():
+        return False
+    tensors = load_file(str(opt_path))
+    with safe_open(str(opt_path), "pt") as f:
+        layout = json.loads(f.metadata()["layout"])
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, entries in layout["scalars"].items():
+        state.setdefault(int(idx), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    return True

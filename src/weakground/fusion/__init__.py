@@ -1,0 +1,3 @@
+"""Multimodal fusion modules."""
+
+from weakground.fusion.mcb import CompactBilinearPooling, CountSketch  # noqa: F401

@@ -1,0 +1,4 @@
+"""Grounding methods. Importing this package registers every method in :data:`weakground.registry.METHODS`."""
+
+from weakground.methods.base import Grounder, create_method  # noqa: F401
+from weakground.methods import mcb_attention  # noqa: F401  (registers "mcb_attention")

@@ -1,0 +1,84 @@
+"""The Grounder interface that every method implements, and the short factory that builds one."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from weakground.config import BackboneConfig, from_dict
+from weakground.errors import InputError
+from weakground.registry import METHODS
+
+
+class Grounder(nn.Module):
+    """Base class of grounding methods.
+
+    The evaluator only ever calls :meth:`heatmaps`; the training engine only calls :meth:`loss` and
+    :meth:`param_groups`. Methods with a joint image-text space also implement :meth:`encode_image`,
+    :meth:`encode_text` and :meth:`scores`.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, backbone_config: BackboneConfig, class_names: list[str]) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone_config = backbone_config
+        self.class_names = list(class_names)
+
+    min_image_side: ClassVar[int] = 16
+
+    def check_images(self, images: Tensor) -> None:
+        """Reject images the method cannot read, with one line saying what is wrong."""
+        if images.dim() != 4:
+            raise InputError(f"images must be a [B, C, H, W] tensor, got shape {tuple(images.shape)}")
+        channels = self.backbone_config.in_channels
+        if images.shape[1] != channels:
+            raise InputError(f"images have {images.shape[1]} channel(s); method {self.name!r} was built for {channels}")
+        if min(images.shape[-2:]) < self.min_image_side:
+            raise InputError(f"image size {tuple(images.shape[-2:])} is below the minimum side of "
+                             f"{self.min_image_side} px for method {self.name!r}")
+        if not torch.isfinite(images).all():
+            raise InputError("images contain NaN or infinite values")
+
+    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """Ground every phrase in every image.
+
+        Args:
+            images: ``[B, C, H, W]`` float images.
+            phrases: P phrases (or labels), asked of every image.
+
+        Returns:
+            ``[B, P, h, w]`` non-negative maps at the method's feature resolution; resize with
+            :func:`weakground.metrics.resize_heatmap`.
+        """
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training losses for one batch; the ``"total"`` entry is optimised, the others are logged."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; by default one group at ``lr``."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        raise NotImplementedError(f"method {self.name!r} has no joint image-text space")
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        raise NotImplementedError(f"method {self.name!r} has no joint image-text space")
+
+    def scores(self, images: Tensor, texts: list[str]) -> Tensor:
+        raise NotImplementedError(f"method {self.name!r} has no joint image-text space")
+
+
+def create_method(
+    name: str, backbone_config: BackboneConfig, class_names: list[str], params: dict[str, Any] | None = None
+) -> Grounder:
+    """Build a registered method; ``params`` are checked against the method's typed config."""
+    cls = METHODS.get(name)
+    config = from_dict(cls.config_class, params or {}, f"method.params ({name})")
+    return cls(config, backbone_config, class_names)

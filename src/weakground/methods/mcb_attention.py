@@ -1,0 +1,142 @@
+"""Seed 000: weakly supervised attention learning with compact bilinear pooling (Fang et al.).
+
+    image --ResNet--> f [C, h, w]            query --(one-hot | bag of words)--> dense 128 --tile--> t
+    MCB(f(x, y), t) --1x1 conv, ReLU, 1x1 conv, sigmoid--> r(x, y)           one-channel attention map
+    f' = mean_{x,y} r(x, y) f(x, y) --linear--> class scores                 must name the queried class
+
+Only the image-level label (which digits are in the image) supervises training: the classifier can name the
+queried digit from the attended features only if the attention sits on that digit, so the map learns where the
+digit is. L = L_ce + lambda * L_pair + beta * R (Eqs. 1-3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from weakground.config import BackboneConfig
+from weakground.fusion.mcb import CompactBilinearPooling
+from weakground.losses import attention_sparsity, pair_loss
+from weakground.methods.base import Grounder
+from weakground.registry import METHODS
+from weakground.text.queries import BagOfWordsQuery, OneHotQuery, label_phrase, PHRASE_TEMPLATES
+from weakground.vision.resnet import build_backbone
+
+
+@dataclass
+class MCBAttentionConfig:
+    query: str = "onehot"  # "onehot" (the paper) or "phrase" (bag of words over the label's words)
+    word_dim: int = 64  # phrase encoder's word vectors
+    query_dim: int = 128  # the paper's 128-unit dense layer
+    mcb_dim: int = 1024  # d, the compact bilinear output size
+    hidden: int = 64  # channels of the first 1x1 convolution
+    lambda_pair: float = 0.1
+    beta: float = 0.1
+    margin: float = 0.5  # m of the pair loss, on L2-normalised features (distances in [0, 2])
+    queries_per_image: int = 1  # present labels asked per image per step (the backbone runs once for all)
+    absent_queries: int = 0  # >0: also ask absent labels, to be classified as "absent" (not in the paper)
+    mcb_seed: int = 0
+
+
+@METHODS.register("mcb_attention")
+class MCBAttention(Grounder):
+    name = "mcb_attention"
+    config_class = MCBAttentionConfig
+
+    def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
+        super().__init__(config, backbone_config, class_names)
+        if config.query not in ("onehot", "phrase"):
+            raise ValueError(f"method.params.query must be 'onehot' or 'phrase', got {config.query!r}")
+        self.backbone = build_backbone(backbone_config)
+        channels = self.backbone.out_channels
+        self.query_encoder: nn.Module = (
+            OneHotQuery(class_names) if config.query == "onehot" else BagOfWordsQuery(class_names, config.word_dim)
+        )
+        self.query_dense = nn.Linear(self.query_encoder.out_dim, config.query_dim)
+        self.mcb = CompactBilinearPooling(channels, config.query_dim, config.mcb_dim, seed=config.mcb_seed)
+        # The two 1x1 convolutions act on each position's d-vector independently: linear layers over the last
+        # axis compute the same thing without moving the d axis next to the batch axis.
+        self.attention_hidden = nn.Linear(config.mcb_dim, config.hidden)
+        self.attention_out = nn.Linear(config.hidden, 1)
+        n_outputs = len(class_names) + (1 if config.absent_queries > 0 else 0)
+        self.classifier = nn.Linear(channels, n_outputs)
+
+    # -- grounding ---------------------------------------------------------------------------------------------
+    def _query_vectors(self, phrases: list[str]) -> Tensor:
+        q = self.query_encoder(phrases).to(self.query_dense.weight.device)
+        return F.relu(self.query_dense(q))
+
+    def attend(self, features: Tensor, queries: Tensor) -> Tensor:
+        """Attention maps for per-image queries.
+
+        Args:
+            features: ``[B, C, h, w]`` backbone features.
+            queries: ``[B, P, query_dim]`` (or ``[P, query_dim]``, shared by all images).
+
+        Returns:
+            ``[B, P, h, w]`` attention in (0, 1).
+        """
+        visual = features.permute(0, 2, 3, 1)[:, None]  # [B, 1, h, w, C]
+        if queries.dim() == 2:
+            queries = queries[None]
+        text = queries[:, :, None, None, :]  # [B|1, P, 1, 1, q]
+        fused = self.mcb(visual, text)  # [B, P, h, w, d]
+        logits = self.attention_out(F.relu(self.attention_hidden(fused)))
+        return torch.sigmoid(logits.squeeze(-1))
+
+    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        self.check_images(images)
+        if not phrases:
+            return images.new_zeros((images.shape[0], 0) + tuple(images.shape[-2:]))
+        features = self.backbone(images)
+        return self.attend(features, self._query_vectors(phrases))
+
+    def pooled(self, features: Tensor, attention: Tensor) -> Tensor:
+        """Attended features ``f' = mean_{x,y} r f``: ``[B, C, h, w] x [B, P, h, w] -> [B, P, C]``."""
+        return torch.einsum("bchw,bphw->bpc", features, attention) / attention[0, 0].numel()
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def _phrases_for(self, labels: Tensor) -> list[str]:
+        """Training queries: the class name (one-hot), or a random phrasing of it (phrase encoder)."""
+        flat = labels.reshape(-1).tolist()
+        if self.config.query == "onehot":
+            return [self.class_names[i] for i in flat]
+        templates = torch.randint(len(PHRASE_TEMPLATES), (len(flat),)).tolist()
+        return [label_phrase(i, self.class_names, t) for i, t in zip(flat, templates)]
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Batch: ``images [B, C, H, W]``, ``labels [B, P]`` present labels to query, optionally
+        ``absent [B, A]`` labels not in the image (used when ``absent_queries > 0``)."""
+        images, labels = batch["images"], batch["labels"]
+        targets = labels
+        if self.config.absent_queries > 0 and "absent" in batch:
+            labels = torch.cat([labels, batch["absent"]], dim=1)
+            absent_class = torch.full_like(batch["absent"], len(self.class_names))
+            targets = torch.cat([targets, absent_class], dim=1)
+        b, p = labels.shape
+        features = self.backbone(images)
+        queries = self._query_vectors(self._phrases_for(labels)).view(b, p, -1)
+        attention = self.attend(features, queries)
+        attended = self.pooled(features, attention)  # [B, P, C]
+        logits = self.classifier(attended)
+        ce = F.cross_entropy(logits.reshape(b * p, -1), targets.reshape(-1))
+        n_present = batch["labels"].shape[1]
+        pair = pair_loss(attended[:, :n_present].reshape(-1, attended.shape[-1]), batch["labels"].reshape(-1),
+                         self.config.margin)
+        sparsity = attention_sparsity(attention)
+        total = ce + self.config.lambda_pair * pair + self.config.beta * sparsity
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        return {"total": total, "ce": ce.detach(), "pair": pair.detach(), "sparsity": sparsity.detach(),
+                "accuracy": accuracy.detach()}
+
+    def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+        """The pretrained backbone learns at ``lr * backbone_lr_mult`` (1/10 in the paper), the rest at ``lr``."""
+        backbone = list(self.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        head = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"},
+                {"params": head, "lr": lr, "name": "head"}]

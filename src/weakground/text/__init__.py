@@ -1,0 +1,1 @@
+"""Text side: turning a label or a phrase into a query vector."""

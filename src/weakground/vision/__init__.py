@@ -1,0 +1,3 @@
+"""Image encoders. Importing this package registers the backbones."""
+
+from weakground.vision.resnet import ResNet, build_backbone  # noqa: F401

@@ -1,0 +1,53 @@
+import pytest
+
+from weakground.config import ExperimentConfig, config_from_json, load_config, preset_names, to_dict
+from weakground.errors import ConfigError
+
+
+def test_bundled_presets_load():
+    names = preset_names()
+    assert {"quickstart", "cpu", "paper_scale"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        assert isinstance(config, ExperimentConfig)
+        assert config.method.name == "mcb_attention"
+
+
+def test_overrides_are_typed_and_checked():
+    config = load_config("quickstart", ["train.epochs=7", "data.grid=3", "eval.box_threshold=0.4"])
+    assert config.train.epochs == 7 and config.data.grid == 3 and config.eval.box_threshold == 0.4
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        load_config("quickstart", ["train.epoch=7"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config("quickstart", ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config("quickstart", ["train.epochs"])
+
+
+def test_unknown_and_missing_keys_in_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {name: multimnist}\nmethod: {name: mcb_attention}\ntrain: {lrate: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train: unknown key 'lrate'|bad.yaml.train: unknown key 'lrate'"):
+        load_config(str(bad))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("name: x\ndata: {name: multimnist}\n")
+    with pytest.raises(ConfigError, match="missing.yaml: missing key method.name"):
+        load_config(str(missing))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(str(broken))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("no_such_preset")
+
+
+def test_saved_config_round_trips_and_must_be_complete():
+    import json
+
+    config = load_config("quickstart")
+    text = json.dumps(to_dict(config))
+    assert config_from_json(text, "ckpt") == config
+    data = to_dict(config)
+    del data["train"]["lr"]
+    with pytest.raises(ConfigError, match="missing key 'lr'"):
+        config_from_json(json.dumps(data), "ckpt")

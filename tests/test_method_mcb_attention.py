@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from weakground.errors import InputError, WeakgroundError
+from weakground.methods import create_method
+
+
+def make(tiny_backbone, names, **params):
+    torch.manual_seed(0)
+    return create_method("mcb_attention", tiny_backbone, names, {"mcb_dim": 64, "hidden": 8, **params})
+
+
+def tiny_batch(p=2, a=0):
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": torch.rand(6, 1, 24, 24, generator=g), "labels": torch.randint(10, (6, p), generator=g)}
+    if a:
+        batch["absent"] = torch.randint(10, (6, a), generator=g)
+    return batch
+
+
+def test_heatmaps_shape_range_and_phrase_forms(tiny_backbone, digit_names):
+    model = make(tiny_backbone, digit_names).eval()
+    maps = model.heatmaps(torch.rand(3, 1, 24, 24), ["7", "seven", "0"])
+    assert maps.shape == (3, 3, 12, 12)  # feature stride 2
+    assert torch.isfinite(maps).all() and (maps >= 0).all() and (maps <= 1).all()
+    torch.testing.assert_close(maps[:, 0], maps[:, 1])  # "7" and "seven" name the same label
+
+
+def test_unknown_label_and_bad_images_are_clear_errors(tiny_backbone, digit_names):
+    model = make(tiny_backbone, digit_names).eval()
+    with pytest.raises(InputError, match="unknown label 'eleven'"):
+        model.heatmaps(torch.rand(1, 1, 24, 24), ["eleven"])
+    with pytest.raises(InputError, match="3 channel"):
+        model.heatmaps(torch.rand(1, 3, 24, 24), ["1"])
+    with pytest.raises(InputError, match="minimum side"):
+        model.heatmaps(torch.rand(1, 1, 8, 8), ["1"])
+    with pytest.raises(InputError, match=r"\[B, C, H, W\]"):
+        model.heatmaps(torch.rand(1, 24, 24), ["1"])
+    with pytest.raises(WeakgroundError, match="unknown key 'mcb_size'"):
+        create_method("mcb_attention", tiny_backbone, digit_names, {"mcb_size": 3})
+
+
+@pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}])
+def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names, params):
+    model = make(tiny_backbone, digit_names, **params)
+    batch = tiny_batch(p=2, a=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        torch.manual_seed(1)  # same phrasing draws each step, so the loss is comparable
+        out = model.loss(batch)
+        assert set(out) >= {"total", "ce", "pair", "sparsity", "accuracy"}
+        assert torch.isfinite(out["total"])
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+        losses.append(float(out["total"].detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_training_step_is_deterministic(tiny_backbone, digit_names):
+    def one_step():
+        model = make(tiny_backbone, digit_names)
+        opt = torch.optim.SGD(model.param_groups(0.1, 0.1), lr=0.1)
+        out = model.loss(tiny_batch())
+        out["total"].backward()
+        opt.step()
+        return float(out["total"]), model.attention_out.weight.detach().clone()
+
+    a, b = one_step(), one_step()
+    assert a[0] == b[0]
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
+
+
+def test_backbone_learns_at_a_tenth_of_the_rate(tiny_backbone, digit_names):
+    model = make(tiny_backbone, digit_names)
+    groups = {g["name"]: g for g in model.param_groups(0.1, 0.1)}
+    assert groups["backbone"]["lr"] == pytest.approx(0.01) and groups["head"]["lr"] == pytest.approx(0.1)
+    n = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_paper_backbone_keeps_input_resolution(digit_names):
+    from weakground.config import BackboneConfig
+    from weakground.vision.resnet import ResNet
+
+    net = ResNet(BackboneConfig(widths=[4, 4, 4, 4], blocks=[1, 1, 1, 1]))  # strides 1, no max pooling
+    assert net.stride == 1 and net(torch.rand(1, 1, 20, 20)).shape == (1, 4, 20, 20)
+    pooled = ResNet(BackboneConfig(widths=[4, 4, 4, 4], blocks=[1, 1, 1, 1], stem_stride=2, maxpool=True,
+                                   stage_strides=[1, 2, 2, 2]))
+    assert pooled.stride == 32 and pooled(torch.rand(1, 1, 64, 64)).shape == (1, 4, 2, 2)
