@@ -143,6 +143,8 @@ def cmd_locate(args: argparse.Namespace) -> int:
     from weakground.metrics import heatmap_to_boxes, resize_heatmap
     from weakground.viz import overlay_figure
 
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise WeakgroundError(f"--threshold {args.threshold}: must lie in [0, 1] (a fraction of the map's peak)")
     model, config = load_grounder(args.checkpoint)
     threshold = config.eval.box_threshold if args.threshold is None else args.threshold
     image = read_image(args.image, channels=model.backbone_config.in_channels)

@@ -1,0 +1,5 @@
+"""Data for weakly supervised grounding: the real 5k-digit MNIST subset, its disjoint train/test digit pools,
+multi-digit scenes composed from them (:mod:`weakground.data.multimnist`), splits and training batches.
+
+Submodules are imported on demand so that ``import weakground.data`` stays cheap.
+"""

@@ -1,0 +1,120 @@
+"""The CLI end to end on a tiny configuration, and its one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from weakground.cli import main
+
+TINY = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "backbone.widths=[4,8,8,8]",
+        "backbone.blocks=[1,1,1,1]", "method.params.mcb_dim=32", "method.params.hidden=4", "pretrain.epochs=1",
+        "pretrain.batch_size=256", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2", "eval.batch_size=8"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    args = ["train", "--out", str(run_dir), "--no-progress"]
+    for o in TINY:
+        args += ["--set", o]
+    assert main(args) == 0
+    return run_dir
+
+
+def test_help_is_fast_and_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "weakground", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train", "eval", "locate", "presets"):
+        assert command in out.stdout
+    # --help must not pull in torch (it is what makes the CLI slow to start)
+    probe = "import sys; from weakground.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_train_writes_report_figure_and_checkpoints(trained):
+    report = json.loads((trained / "report.json").read_text())
+    test = report["test"]
+    for key in ("ap30", "ap40", "ap50", "map", "avg_iou", "pointing_accuracy", "absent_auroc"):
+        assert np.isfinite(test[key])
+    assert test["n_queries"] > 0 and "protocol" in test
+    assert 0.0 <= report["pretrain"]["test_accuracy"] <= 1.0
+    assert (trained / "grounding.png").stat().st_size > 1000
+    assert (trained / "checkpoints" / "train_best.safetensors").is_file()
+    assert (trained / "train_log.csv").read_text().startswith("epoch,step,lr,")
+    assert json.loads((trained / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_resume_continues_from_the_last_epoch(trained, capsys):
+    args = ["train", "--out", trained, "--no-progress", "--resume"]
+    for o in TINY:
+        args += ["--set", o]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert "resumed train" in out and "after epoch 2" in out
+    assert "train epoch" not in out  # nothing left to train
+
+
+def test_eval_and_locate_use_the_checkpoint(trained, tmp_path, capsys):
+    ckpt = trained / "checkpoints" / "train_best.safetensors"
+    out_json = tmp_path / "eval.json"
+    code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "data.n_test=8", "--out", out_json)
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["n_images"] == 8
+    image = tmp_path / "digits.png"
+    Image.fromarray((np.random.default_rng(0).random((56, 56, 3)) * 255).astype(np.uint8)).save(image)
+    overlay = tmp_path / "overlay.png"
+    code, out, err = run(capsys, "locate", image, "3", "seven", "--checkpoint", ckpt, "--out", overlay, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [r["phrase"] for r in result["results"]] == ["3", "seven"]
+    assert overlay.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "no_such"], "unknown preset 'no_such'"),
+    (["train", "--set", "train.epoch=3"], "unknown key 'epoch'"),
+    (["train", "--set", "method.params.mcb_size=3"], "unknown key 'mcb_size'"),
+    (["eval", "--checkpoint", "missing.safetensors"], "missing.safetensors: checkpoint not found"),
+])
+def test_bad_input_is_one_line_and_nonzero(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("report.json"))
+
+
+def test_locate_and_eval_errors_write_nothing(trained, tmp_path, capsys):
+    ckpt = trained / "checkpoints" / "train_best.safetensors"
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((56, 56), np.uint8)).save(image)
+    overlay = tmp_path / "overlay.png"
+    code, _, err = run(capsys, "locate", image, "eleven", "--checkpoint", ckpt, "--out", overlay)
+    assert code == 2 and "unknown label 'eleven'" in err and not overlay.exists()
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tiny)
+    code, _, err = run(capsys, "locate", tiny, "1", "--checkpoint", ckpt, "--out", overlay)
+    assert code == 2 and "minimum side" in err and not overlay.exists()
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    code, _, err = run(capsys, "locate", junk, "1", "--checkpoint", ckpt, "--out", overlay)
+    assert code == 2 and "junk.png: cannot read image" in err and not overlay.exists()
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(ckpt.read_bytes()[:100])
+    report = tmp_path / "r.json"
+    code, _, err = run(capsys, "eval", "--checkpoint", corrupt, "--out", report)
+    assert code == 2 and "corrupt.safetensors" in err and not report.exists()
+    code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "train.epochs=1", "--out", report)
+    assert code == 2 and "only data.KEY=VALUE" in err and not report.exists()
+    pre = trained / "checkpoints" / "pretrain_last.safetensors"
+    code, _, err = run(capsys, "eval", "--checkpoint", pre, "--out", report)
+    assert code == 2 and "pretraining checkpoint" in err
