@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from weakground.config import BackboneConfig
+from weakground.errors import ConfigError
 from weakground.fusion.mcb import CompactBilinearPooling
 from weakground.losses import attention_sparsity, pair_loss
 from weakground.methods.base import Grounder
@@ -40,6 +41,7 @@ class MCBAttentionConfig:
     queries_per_image: int = 1  # present labels asked per image per step (the backbone runs once for all)
     absent_queries: int = 0  # >0: also ask absent labels, to be classified as "absent" (not in the paper)
     mcb_seed: int = 0
+    pooling: str = "mean"  # "mean": f' = mean r f (the paper); "normalized": f' = sum r f / sum r
 
 
 @METHODS.register("mcb_attention")
@@ -50,7 +52,9 @@ class MCBAttention(Grounder):
     def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
         super().__init__(config, backbone_config, class_names)
         if config.query not in ("onehot", "phrase"):
-            raise ValueError(f"method.params.query must be 'onehot' or 'phrase', got {config.query!r}")
+            raise ConfigError(f"method.params.query must be 'onehot' or 'phrase', got {config.query!r}")
+        if config.pooling not in ("mean", "normalized"):
+            raise ConfigError(f"method.params.pooling must be 'mean' or 'normalized', got {config.pooling!r}")
         self.backbone = build_backbone(backbone_config)
         channels = self.backbone.out_channels
         self.query_encoder: nn.Module = (
@@ -96,8 +100,17 @@ class MCBAttention(Grounder):
         return self.attend(features, self._query_vectors(phrases))
 
     def pooled(self, features: Tensor, attention: Tensor) -> Tensor:
-        """Attended features ``f' = mean_{x,y} r f``: ``[B, C, h, w] x [B, P, h, w] -> [B, P, C]``."""
-        return torch.einsum("bchw,bphw->bpc", features, attention) / attention[0, 0].numel()
+        """Attended features: ``[B, C, h, w] x [B, P, h, w] -> [B, P, C]``.
+
+        ``mean`` (the paper) divides ``sum r f`` by the number of positions, so more attention mass gives the
+        classifier a stronger signal. ``normalized`` divides by ``sum r`` instead: the classifier sees the
+        attention-weighted average feature, which spreading attention over background only dilutes, so the map
+        is pushed onto the object itself.
+        """
+        weighted = torch.einsum("bchw,bphw->bpc", features, attention)
+        if self.config.pooling == "normalized":
+            return weighted / (attention.sum(dim=(2, 3))[..., None] + 1e-3)
+        return weighted / attention[0, 0].numel()
 
     # -- training ----------------------------------------------------------------------------------------------
     def _phrases_for(self, labels: Tensor) -> list[str]:
