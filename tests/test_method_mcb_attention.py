@@ -40,7 +40,7 @@ def test_unknown_label_and_bad_images_are_clear_errors(tiny_backbone, digit_name
         create_method("mcb_attention", tiny_backbone, digit_names, {"mcb_size": 3})
 
 
-@pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}])
+@pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}, {"pooling": "normalized"}])
 def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names, params):
     model = make(tiny_backbone, digit_names, **params)
     batch = tiny_batch(p=2, a=1)
@@ -65,7 +65,7 @@ def test_training_step_is_deterministic(tiny_backbone, digit_names):
         out = model.loss(tiny_batch())
         out["total"].backward()
         opt.step()
-        return float(out["total"]), model.attention_out.weight.detach().clone()
+        return float(out["total"].detach()), model.attention_out.weight.detach().clone()
 
     a, b = one_step(), one_step()
     assert a[0] == b[0]

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print points and boxes as JSON")
     p.set_defaults(func=cmd_locate)
 
+    p = sub.add_parser("data", help="dataset tools: validate a dataset on disk",
+                       description="Validate a grounding dataset in its real layout and report problems with file "
+                       "and line. Formats: flickr30k_entities, coco, referit, visual_genome.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data_sub.add_parser("check", help="read FORMAT:PATH and report counts and problems")
+    q.add_argument("spec", help="FORMAT:PATH, e.g. flickr30k_entities:/data/flickr30k")
+    q.add_argument("--split", default="all", help="split to read (default: all)")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.set_defaults(func=cmd_data_check)
+
     p = sub.add_parser("presets", help="list the bundled presets")
     p.set_defaults(func=cmd_presets)
     return parser
@@ -168,6 +178,14 @@ def cmd_locate(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)")
         print(f"overlay: {args.out}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from weakground.data.readers import check_dataset, format_check_report
+
+    report = check_dataset(args.spec, args.split)
+    print(json.dumps(report, indent=2) if args.json else format_check_report(report))
     return 0
 
 

@@ -70,14 +70,15 @@ def pretrain_backbone(model: Grounder, config: ExperimentConfig, run_dir: Path, 
 def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                    figure: bool = True) -> dict[str, Any]:
     """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` and a figure."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
+    # Build the model first: a bad method setting fails here, before any data is made or any file written.
     seed_everything(config.train.seed)
     t0 = time.time()
     names = class_names(config.data)
-    data = build_splits(config.data, progress=progress)
     model = create_method(config.method.name, config.backbone, names, config.method.params)
+    data = build_splits(config.data, progress=progress)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
     device = resolve_device(config.train.device)
     report: dict[str, Any] = {"name": config.name, "method": config.method.name, "machine": machine_description(),
                               "weakground_version": __version__}

@@ -5,9 +5,35 @@ Boxes are ``xyxy`` in pixel edges, 0-based, with exclusive ``x2``/``y2``: ``area
 
 from weakground.metrics.boxes import box_iou, heatmap_to_boxes, peak_box, resize_heatmap
 from weakground.metrics.detection import average_precision, class_average_precision, match_detections, mean_ap
+from weakground.metrics.pointing import (
+    PointingProtocol,
+    attention_correctness,
+    box_accuracy,
+    breakdown_by_type,
+    center_baseline,
+    center_baseline_point,
+    heatmap_point,
+    pointing_game,
+    pointing_hit,
+    random_baseline_accuracy,
+)
 from weakground.metrics.ranking import auroc
+from weakground.metrics.retrieval import recall_at_k, retrieval_ranks, retrieval_report
 
 __all__ = [
+    "PointingProtocol",
+    "attention_correctness",
+    "box_accuracy",
+    "breakdown_by_type",
+    "center_baseline",
+    "center_baseline_point",
+    "heatmap_point",
+    "pointing_game",
+    "pointing_hit",
+    "random_baseline_accuracy",
+    "recall_at_k",
+    "retrieval_ranks",
+    "retrieval_report",
     "auroc",
     "average_precision",
     "box_iou",
