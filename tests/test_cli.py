@@ -12,7 +12,8 @@ from weakground.cli import main
 
 TINY = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "backbone.widths=[4,8,8,8]",
         "backbone.blocks=[1,1,1,1]", "method.params.mcb_dim=32", "method.params.hidden=4", "pretrain.epochs=1",
-        "pretrain.batch_size=256", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2", "eval.batch_size=8"]
+        "pretrain.batch_size=256", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2", "eval.batch_size=8",
+        "eval.threshold_candidates=[0.5,0.8]"]
 
 
 def run(capsys, *argv):
@@ -51,6 +52,10 @@ def test_train_writes_report_figure_and_checkpoints(trained):
     assert (trained / "checkpoints" / "train_best.safetensors").is_file()
     assert (trained / "train_log.csv").read_text().startswith("epoch,step,lr,")
     assert json.loads((trained / "config.json").read_text())["train"]["epochs"] == 2
+    chosen = report["threshold_selection"]["chosen"]
+    assert chosen in (0.5, 0.8) and report["config"]["eval"]["box_threshold"] == chosen
+    saved = json.loads((trained / "checkpoints" / "train_best.json").read_text())
+    assert saved["config"]["eval"]["box_threshold"] == chosen  # eval and locate use the validated threshold
 
 
 def test_resume_continues_from_the_last_epoch(trained, capsys):

@@ -99,6 +99,9 @@ class EvalConfig:
     """How heatmaps become boxes and how boxes are scored (printed with every number)."""
 
     box_threshold: float = 0.5  # a pixel belongs to a box if its value >= box_threshold * the map's maximum
+    # Non-empty: after training, the candidate with the best validation mAP replaces box_threshold (the test
+    # split is never used to choose it); the choice is saved in the checkpoint and the report.
+    threshold_candidates: list[float] = field(default_factory=list)
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5])
     batch_size: int = 128
 

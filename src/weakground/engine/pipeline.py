@@ -19,7 +19,7 @@ from weakground import __version__
 from weakground.config import ExperimentConfig, TrainConfig, config_from_json, to_dict
 from weakground.data.batches import classification_batches, images_to_tensor, label_query_batches
 from weakground.data.splits import build_splits, class_names
-from weakground.engine.checkpoint import atomic_write_text, load_weights, read_checkpoint
+from weakground.engine.checkpoint import atomic_write_text, load_weights, read_checkpoint, save_checkpoint
 from weakground.engine.evaluate import evaluate_label_grounding
 from weakground.engine.trainer import Trainer, resolve_device, seed_everything
 from weakground.errors import CheckpointError
@@ -104,6 +104,11 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
     state, _ = read_checkpoint(trainer.best_path)
     load_weights(trainer.best_path, model, state)
     model.to(device)
+    if config.eval.threshold_candidates:
+        config = choose_box_threshold(model, config, val_set, device, trainer.best_path)
+        report["threshold_selection"] = {"candidates": list(config.eval.threshold_candidates),
+                                         "chosen": config.eval.box_threshold, "criterion": "validation map"}
+        print(f"box threshold chosen on validation: {config.eval.box_threshold}")
     report["train"] = {"history": result["history"], "best_val": result["best"],
                        "seconds": round(time.time() - t0, 1), "checkpoint": str(trainer.best_path)}
     report["test"] = evaluate_label_grounding(model, test_set, config.eval, device, progress=progress)
@@ -115,6 +120,22 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
         grounding_figure(model, test_set, run_dir / "grounding.png", config.eval.box_threshold, device)
         report["figure"] = str(run_dir / "grounding.png")
     return report
+
+
+def choose_box_threshold(model: Grounder, config: ExperimentConfig, val_set: Any, device: torch.device,
+                         checkpoint: Path) -> ExperimentConfig:
+    """Pick ``eval.box_threshold`` among ``eval.threshold_candidates`` by validation mAP, and store the choice
+    in the checkpoint's config so ``eval`` and ``locate`` use it too."""
+    scores = {}
+    for t in config.eval.threshold_candidates:
+        trial = dataclasses.replace(config.eval, box_threshold=t)
+        scores[t] = evaluate_label_grounding(model, val_set, trial, device)["map"]
+    best = max(scores, key=lambda t: (scores[t], -abs(t - config.eval.box_threshold)))
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, box_threshold=best))
+    _, meta = read_checkpoint(checkpoint)
+    meta["config"] = to_dict(config)
+    save_checkpoint(checkpoint, model, meta)
+    return config
 
 
 def load_grounder(path: Path, device: torch.device | str = "cpu") -> tuple[Grounder, ExperimentConfig]:
