@@ -123,3 +123,15 @@ def test_locate_and_eval_errors_write_nothing(trained, tmp_path, capsys):
     pre = trained / "checkpoints" / "pretrain_last.safetensors"
     code, _, err = run(capsys, "eval", "--checkpoint", pre, "--out", report)
     assert code == 2 and "pretraining checkpoint" in err
+
+
+def test_data_make_scenes_then_check(tmp_path, capsys):
+    out = tmp_path / "scenes"
+    code, _, err = run(capsys, "data", "make", "scenes", out, "--n-train", 3, "--n-val", 1, "--n-test", 2,
+                       "--n-test-unseen", 1)
+    assert code == 0, err
+    code, text, err = run(capsys, "data", "check", f"flickr30k_entities:{out}")
+    assert code == 0, err
+    assert "images           7" in text and "problems: none" in text
+    code, _, err = run(capsys, "data", "check", f"coco:{tmp_path / 'missing'}")
+    assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1

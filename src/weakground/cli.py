@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="all", help="split to read (default: all)")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=cmd_data_check)
+    q = data_sub.add_parser("make", help="write a synthetic dataset (scenes) in Flickr30K Entities + COCO layout")
+    q.add_argument("name", choices=["scenes"], help="which synthetic dataset")
+    q.add_argument("out", type=Path, help="output folder")
+    q.add_argument("--n-train", type=int, default=2000)
+    q.add_argument("--n-val", type=int, default=200)
+    q.add_argument("--n-test", type=int, default=500)
+    q.add_argument("--n-test-unseen", type=int, default=500, help="images of held-out colour-category pairs")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_make)
 
     p = sub.add_parser("presets", help="list the bundled presets")
     p.set_defaults(func=cmd_presets)
@@ -186,6 +195,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     report = check_dataset(args.spec, args.split)
     print(json.dumps(report, indent=2) if args.json else format_check_report(report))
+    return 0
+
+
+def cmd_data_make(args: argparse.Namespace) -> int:
+    from weakground.data.scenes import SceneSpec, write_scenes
+
+    summary = write_scenes(args.out, SceneSpec(seed=args.seed), args.n_train, args.n_val, args.n_test,
+                           args.n_test_unseen)
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
