@@ -154,7 +154,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from weakground.engine.pipeline import load_grounder

@@ -14,7 +14,6 @@ Boxes are ``(x1, y1, x2, y2)`` pixel edges with exclusive ends (the tight box of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +27,7 @@ from weakground.data.digits import (
     ink_boxes,
     load_digits_5k,
 )
+from weakground.data.validation import field_error, is_int, is_number
 from weakground.errors import WeakgroundError
 
 LAYOUTS = ("grid", "free")
@@ -87,13 +87,7 @@ class MultiMnistSpec:
         """
 
         def fail(name: str, expected: str) -> None:
-            raise WeakgroundError(f"MultiMnistSpec.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(value: object) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_number(value: object) -> bool:
-            return is_int(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))
+            raise field_error(self, name, expected)
 
         if self.layout not in LAYOUTS:
             fail("layout", f"one of {', '.join(map(repr, LAYOUTS))}")

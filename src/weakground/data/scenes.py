@@ -56,6 +56,7 @@ from PIL import Image, ImageDraw
 from weakground.data.coco import write_coco_captions
 from weakground.data.flickr30k_entities import write_flickr30k_entities
 from weakground.data.types import Box, Caption, ImageRecord, Phrase
+from weakground.data.validation import field_error, is_int, is_number
 from weakground.errors import WeakgroundError
 
 __all__ = [
@@ -218,13 +219,7 @@ class SceneSpec:
         """
 
         def fail(name: str, expected: str) -> None:
-            raise WeakgroundError(f"SceneSpec.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        def is_int(value: object) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_number(value: object) -> bool:
-            return is_int(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))
+            raise field_error(self, name, expected)
 
         for name, low in (("min_size", 32), ("max_size", 32), ("min_objects", 1), ("max_objects", 1),
                           ("captions_per_image", 1), ("split_seed", 0), ("seed", 0)):
