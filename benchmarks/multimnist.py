@@ -31,10 +31,21 @@ METRICS = ("ap30", "ap40", "ap50", "map", "avg_iou", "pointing_accuracy", "absen
 
 
 def _merge(path: Path, scale: str, entry: dict) -> dict:
+    """Merge ``entry`` into the file's ``scale`` block; called after every finished run, so a run that is cut off
+    (a time limit on a lent GPU, say) keeps the rows it finished. Rows of earlier runs stay unless replaced; each
+    row carries its own command and machine."""
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[scale] = entry
+    block = data.setdefault(scale, {})
+    for key, value in entry.items():
+        if isinstance(value, dict) and isinstance(block.get(key), dict) and key == "rows":
+            for scheme, rows in value.items():
+                block[key].setdefault(scheme, {}).update(rows)
+        else:
+            block[key] = value
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
     return data
 
 
@@ -58,8 +69,9 @@ def table2(args: argparse.Namespace) -> None:
         key = f"{grid}x{grid}"
         entry[key] = _run(args.scale, [f"data.grid={grid}", *args.set], Path(args.runs) / f"table2_{args.scale}_{key}",
                           not args.no_progress)
+        entry[key].update(command=entry["command"], machine=entry["machine"])
         print(f"{key}: {entry[key]}")
-    _merge(RESULTS / "multimnist.json", args.scale, entry)
+        _merge(RESULTS / "multimnist.json", args.scale, entry)
     print("\n| grid | source | AP@0.3 | AP@0.4 | AP@0.5 | Avg mAP | avg IoU |\n|---|---|---|---|---|---|---|")
     for grid in args.grids:
         key = f"{grid}x{grid}"
@@ -81,7 +93,7 @@ def table1(args: argparse.Namespace) -> None:
                        not args.no_progress)
             entry["rows"][scheme][f"{beta:g}"] = row
             print(f"{scheme} beta={beta:g}: avg IoU {row['avg_iou']:.2f}")
-    _merge(RESULTS / "table1.json", args.scale, entry)
+            _merge(RESULTS / "table1.json", args.scale, entry)
     betas = [f"{b:g}" for b in args.betas]
     print("\n| model | source | " + " | ".join(f"β={b}" for b in betas) + " |\n|---|---|" + "---|" * len(betas))
     for scheme, label in (("finetune", "Fine-tune backbone"), ("scratch", "Train from scratch")):

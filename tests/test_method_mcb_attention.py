@@ -89,3 +89,26 @@ def test_paper_backbone_keeps_input_resolution(digit_names):
     pooled = ResNet(BackboneConfig(widths=[4, 4, 4, 4], blocks=[1, 1, 1, 1], stem_stride=2, maxpool=True,
                                    stage_strides=[1, 2, 2, 2]))
     assert pooled.stride == 32 and pooled(torch.rand(1, 1, 64, 64)).shape == (1, 4, 2, 2)
+
+
+@pytest.mark.parametrize("budget", [12 * 12 * 64 * 3, 12 * 12 * 64])  # whole images per chunk; one query per chunk
+def test_chunked_fusion_matches_one_pass_in_values_and_gradients(tiny_backbone, digit_names, monkeypatch, budget):
+    import weakground.methods.mcb_attention as mcb_module
+
+    model = make(tiny_backbone, digit_names, queries_per_image=3, absent_queries=1)
+    batch = tiny_batch(p=3, a=1)
+    maps = model.eval().heatmaps(batch["images"], ["1", "2", "3"])
+    whole = model.train().loss(batch)
+    whole["total"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.load_state_dict(make(tiny_backbone, digit_names, queries_per_image=3, absent_queries=1).state_dict())
+
+    monkeypatch.setattr(mcb_module, "FUSED_ELEMENTS_PER_CHUNK", budget)
+    torch.testing.assert_close(model.eval().heatmaps(batch["images"], ["1", "2", "3"]), maps)
+    chunked = model.train().loss(batch)
+    chunked["total"].backward()
+    torch.testing.assert_close(chunked["total"], whole["total"])
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6)

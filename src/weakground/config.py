@@ -90,6 +90,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation passes (0: only at the end)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    # bfloat16 autocast for the training step on CUDA (convolutions and matrix products; MCB's FFT stays float32).
+    # Ignored on the CPU, where bf16 is slower than float32 on most machines.
+    amp: bool = False
     num_workers: int = 0
     tensorboard: bool = False
 

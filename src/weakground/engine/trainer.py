@@ -25,9 +25,13 @@ Batch = dict[str, Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type == "cuda":
+        # TF32 matrix products: ~8x float32 throughput on Ampere/Hopper, well within this model's noise.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -107,6 +111,7 @@ class Trainer:
             best = meta["train_state"].get("best")
             print(f"resumed {self.stage} from {self.last_path} after epoch {start_epoch}")
         total_steps = cfg.epochs * steps_per_epoch
+        use_amp = cfg.amp and self.device.type == "cuda"
         writer = self._tensorboard()
         log_path = self.run_dir / f"{self.stage}_log.csv"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,8 @@ class Trainer:
                     for g in optimizer.param_groups:
                         g["lr"] = g["base_lr"] * factor
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    losses = self.model.loss(batch)
+                    with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        losses = self.model.loss(batch)
                     total = losses["total"]
                     if not torch.isfinite(total):
                         raise FloatingPointError(f"{self.stage}: loss became {total.item()} at step {step}")

@@ -70,10 +70,12 @@ class CompactBilinearPooling(nn.Module):
         The FFT runs in float32 even under autocast: half-precision FFTs need power-of-two sizes and lose the
         small products that the sketch adds up.
         """
-        v = torch.fft.rfft(self.sketch_visual(visual.float()), dim=-1)
-        t = torch.fft.rfft(self.sketch_text(text.float()), dim=-1)
-        fused = torch.fft.irfft(v * t, n=self.out_dim, dim=-1)
-        if self.signed_sqrt_l2:
-            fused = torch.sign(fused) * torch.sqrt(fused.abs() + 1e-8)
-            fused = nn.functional.normalize(fused, dim=-1)
+        # Autocast would run the sketch's matrix product in bf16; switch it off for the whole fusion.
+        with torch.autocast(device_type=visual.device.type, enabled=False):
+            v = torch.fft.rfft(self.sketch_visual(visual.float()), dim=-1)
+            t = torch.fft.rfft(self.sketch_text(text.float()), dim=-1)
+            fused = torch.fft.irfft(v * t, n=self.out_dim, dim=-1)
+            if self.signed_sqrt_l2:
+                fused = torch.sign(fused) * torch.sqrt(fused.abs() + 1e-8)
+                fused = nn.functional.normalize(fused, dim=-1)
         return fused

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
@@ -26,6 +27,9 @@ from weakground.methods.base import Grounder
 from weakground.registry import METHODS
 from weakground.text.queries import BagOfWordsQuery, OneHotQuery, label_phrase, PHRASE_TEMPLATES
 from weakground.vision.resnet import build_backbone
+
+# Largest fused MCB tensor built at once (elements): 2^27 floats = 512 MiB; see MCBAttention.attend.
+FUSED_ELEMENTS_PER_CHUNK = 2**27
 
 
 @dataclass
@@ -83,7 +87,34 @@ class MCBAttention(Grounder):
 
         Returns:
             ``[B, P, h, w]`` attention in (0, 1).
+
+        The fused tensor is ``[B, P, h, w, d]``: at the paper's stride 1 on 3x3 grids that is 64 x 2 x 84 x 84 x
+        2048 floats (7 GiB) per copy, and the FFT, square root and normalisation keep several copies for the
+        backward pass. Large inputs are therefore fused a few images (and queries) at a time; while training,
+        each piece is recomputed in the backward pass (activation checkpointing) instead of being kept.
         """
+        b, _, h, w = features.shape
+        p = queries.shape[-2]
+        per_pair = h * w * self.config.mcb_dim
+        if b * p * per_pair <= FUSED_ELEMENTS_PER_CHUNK:
+            return self._attend(features, queries)
+        q_step = max(1, min(p, FUSED_ELEMENTS_PER_CHUNK // per_pair))
+        b_step = max(1, FUSED_ELEMENTS_PER_CHUNK // (q_step * per_pair))
+        rows = []
+        for i in range(0, b, b_step):
+            f = features[i:i + b_step]
+            q_rows = queries if queries.dim() == 2 else queries[i:i + b_step]
+            pieces = []
+            for j in range(0, p, q_step):
+                q = q_rows[..., j:j + q_step, :]
+                if torch.is_grad_enabled():
+                    pieces.append(checkpoint(self._attend, f, q, use_reentrant=False))
+                else:
+                    pieces.append(self._attend(f, q))
+            rows.append(torch.cat(pieces, dim=1))
+        return torch.cat(rows, dim=0)
+
+    def _attend(self, features: Tensor, queries: Tensor) -> Tensor:
         visual = features.permute(0, 2, 3, 1)[:, None]  # [B, 1, h, w, C]
         if queries.dim() == 2:
             queries = queries[None]
