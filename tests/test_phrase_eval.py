@@ -239,6 +239,22 @@ def test_strict_fails_on_the_first_image_problem(damaged):
         evaluate_phrase_grounding(center(), f"flickr30k_entities:{root}", "test", strict=True)
 
 
+class _NeedsBigImages(CenterBaseline):
+    min_image_side = 1000  # every scenes image is below this: the method rejects them all
+
+
+def test_images_the_method_rejects_are_skipped_or_fatal_when_strict(scenes):
+    spec = f"flickr30k_entities:{scenes}"
+    report = evaluate_phrase_grounding(_NeedsBigImages(CenterConfig()), spec, "test")
+    rejected = report["skipped"]["images"]["reasons"]["image rejected by the method"]
+    first = read_dataset(spec, "test").records[0].path
+    assert rejected["count"] == 4 and rejected["files"][0] == str(first)
+    assert report["n_images"] == 0 and report["pointing_accuracy"] is None
+    assert "pointing_accuracy      n/a" in format_phrase_report(report)
+    with pytest.raises(WeakgroundError, match=f"^{first}: image size .* below the minimum side"):
+        evaluate_phrase_grounding(_NeedsBigImages(CenterConfig()), spec, "test", strict=True)
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
@@ -253,7 +269,8 @@ def test_cli_eval_writes_report_table_and_overlays(scenes, tmp_path, capsys):
         assert key in report
     assert report["protocol"]["tolerance"] == 2.0 and report["protocol"]["box_rule"] == "union"
     assert report["protocol"]["min_area"] == 0.01 and report["method"] == "center"
-    assert "tolerance 2 px, union box, min area 0.01" in stdout
+    assert "protocol: tolerance 2 px, union box, min area 0.01" in stdout
+    assert f"center on flickr30k_entities:{scenes} (split test)" in stdout
     assert "center baseline" in stdout and "random baseline" in stdout
     pngs = sorted(vis.glob("*.png"))
     assert len(pngs) == 3 and all(p.stat().st_size > 1000 for p in pngs)

@@ -335,12 +335,12 @@ def _draw(image: Tensor, heatmap: Tensor, query: _Query, hit: bool | None, proto
 
 
 def protocol_line(protocol: dict[str, Any]) -> str:
-    """The protocol of a report on one line, e.g. ``"tolerance 0 px, any box, min area 0, argmax on the
-    image-resized map, per-query accuracy; flickr30k_entities:/data split test"``."""
+    """The pointing protocol of a report on one line, e.g. ``"tolerance 0 px, any box, min area 0, argmax on
+    the image-resized map, per-query accuracy"``."""
     rule = "any box" if protocol["box_rule"] == "any" else "union box"
     argmax = "image-resized map" if protocol["argmax_on"] == "image" else "feature grid"
     return (f"tolerance {protocol['tolerance']:g} px, {rule}, min area {protocol['min_area']:g}, argmax on the "
-            f"{argmax}, per-query accuracy; {protocol['dataset']} split {protocol['split']}")
+            f"{argmax}, per-query accuracy")
 
 
 def _fmt(value: float | None) -> str:
@@ -368,6 +368,8 @@ def format_phrase_report(report: dict[str, Any], max_types: int = 12) -> str:
     if 1 < len(types) <= max_types:
         rows += [(f"  type {t}", f"{_fmt(v['pointing_accuracy'])}  (n={v['count']})") for t, v in types]
     width = max(len(k) for k, _ in rows)
-    lines = [f"{report['method']}: {protocol_line(report['protocol'])}"]
+    protocol = report["protocol"]
+    lines = [f"{report['method']} on {protocol['dataset']} (split {protocol['split']})",
+             f"protocol: {protocol_line(protocol)}"]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     return "\n".join(lines)

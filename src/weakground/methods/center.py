@@ -65,7 +65,8 @@ class CenterBaseline(Grounder):
         if images.dim() != 4:
             raise InputError(f"images must be a [B, C, H, W] tensor, got shape {tuple(images.shape)}")
         if min(images.shape[-2:]) < self.min_image_side:
-            raise InputError(f"image size {tuple(images.shape[-2:])} has an empty side")
+            raise InputError(f"image size {tuple(images.shape[-2:])} is below the minimum side of "
+                             f"{self.min_image_side} px for method {self.name!r}")
         if images.is_floating_point() and not torch.isfinite(images).all():
             raise InputError("images contain NaN or infinite values")
 
