@@ -10,13 +10,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weakground.errors import WeakgroundError
+
+if TYPE_CHECKING:  # annotations only: the CLI imports torch inside the commands, so --help stays instant
+    import torch
+
+    from weakground.methods import Grounder
 
 EPILOG = """examples:
   weakground train                                   # seed 000 on 2x2 multi-MNIST, small CPU preset (~5 min)
   weakground train --preset cpu --set data.grid=3    # any setting can be overridden: SECTION.KEY=VALUE
   weakground eval --checkpoint runs/quickstart/checkpoints/train_best.safetensors --out report.json
+  weakground eval --method center --data flickr30k_entities:/data/flickr30k --split test --out center.json
   weakground locate digits.png 3 7 --checkpoint runs/quickstart/checkpoints/train_best.safetensors
 """
 
@@ -47,14 +54,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a trained checkpoint and write a JSON report",
-                       description="Rebuild the test split from the checkpoint's data settings (overridable with "
-                       "--set, e.g. data.grid=3) and score boxes from the method's heatmaps.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint written by train")
+    p = sub.add_parser(
+        "eval", help="evaluate a method: phrase grounding on a dataset (--data), or a multi-MNIST checkpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Two modes.\n\n"
+        "Phrase grounding (--data FORMAT:PATH): read a split with the dataset readers, ask the method for a heatmap "
+        "per phrase, and score the pointing game under the protocol flags below, with attention correctness, the "
+        "centre and random baselines on the same queries, a per-type breakdown and, for methods with a joint "
+        "image-text space, Recall@1/5/10 over the split's captions. Prints a table with the protocol line; --out "
+        "writes the JSON report.\n\n"
+        "Multi-MNIST (--checkpoint only, no --data): rebuild the test split from the checkpoint's data settings "
+        "(overridable with --set data.KEY=VALUE) and score boxes from the method's heatmaps.",
+        epilog="examples:\n"
+        "  weakground eval --method center --data flickr30k_entities:/data/flickr30k --split test --out center.json\n"
+        "  weakground eval --method center --data coco:/data/coco --split val2014 --tolerance 15 --min-area 0.05\n"
+        "  weakground eval --checkpoint runs/quickstart/checkpoints/train_best.safetensors --out report.json")
+    p.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint written by train (learned methods)")
+    p.add_argument("--method", help="registered method name, e.g. center (a fixed baseline that needs no "
+                   "checkpoint); with --checkpoint it must name the checkpoint's method")
+    p.add_argument("--data", metavar="FORMAT:PATH", help="dataset to score phrase grounding on; FORMAT is one of "
+                   "flickr30k_entities, coco, referit, visual_genome")
     _add_overrides(p)
-    p.add_argument("--split", default="test", choices=["val", "test"], help="which split to score (default: test)")
-    p.add_argument("--max-images", type=int, help="score only the first N images")
-    p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.add_argument("--split", default="test", help="split to score: test (default), val, train, test_unseen "
+                   "(synthetic scenes), a COCO split such as val2014, or all; multi-MNIST takes val or test")
+    p.add_argument("--max-images", type=int, help="score only the first N images of the split")
+    p.add_argument("--out", type=Path, help="write the JSON report here (atomically)")
+    g = p.add_argument_group("pointing-game protocol (with --data; every setting is printed with the numbers)")
+    g.add_argument("--tolerance", type=float, metavar="PX", help="a point within PX pixels (Euclidean distance) of "
+                   "a ground-truth box is a hit (default 0, as in phrase-grounding papers; Zhang et al. use 15)")
+    g.add_argument("--union", action="store_true", help="score against the union box of a phrase's boxes "
+                   "(default: a hit on any one box counts)")
+    g.add_argument("--min-area", type=float, metavar="FRACTION", help="skip phrases whose union box covers less "
+                   "than this fraction of the image (default 0: skip none; 0.05 is common)")
+    g.add_argument("--grid-argmax", action="store_true", help="take the argmax on the method's feature grid, mapped "
+                   "to the cell centre (default: argmax of the map bilinearly resized to the image)")
+    g.add_argument("--strict", action="store_true", help="fail with one line on the first dataset or image problem "
+                   "(default: skip it and count it in the report's 'skipped' block)")
+    g.add_argument("--visualize", type=Path, metavar="DIR", help="write overlay PNGs (heatmap, predicted point, "
+                   "ground-truth boxes) for the first --n-visualize queries into DIR")
+    g.add_argument("--n-visualize", type=int, default=16, metavar="N", help="queries drawn by --visualize "
+                   "(default 16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("locate", help="ground phrases (labels) in an image file with a trained checkpoint",
@@ -122,7 +162,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_PHRASE_ONLY = ("tolerance", "union", "min_area", "grid_argmax", "strict", "visualize")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        return _eval_phrases(args)
+    if args.method is not None:
+        raise WeakgroundError("eval --method needs --data FORMAT:PATH (without --data, eval scores a multi-MNIST "
+                              "--checkpoint)")
+    if args.checkpoint is None:
+        raise WeakgroundError("eval needs --data FORMAT:PATH with --method and/or --checkpoint, or a multi-MNIST "
+                              "--checkpoint")
+    given = [f"--{name.replace('_', '-')}" for name in _PHRASE_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise WeakgroundError(f"eval {given[0]} applies to phrase grounding: add --data FORMAT:PATH")
+    return _eval_multimnist(args)
+
+
+def _eval_multimnist(args: argparse.Namespace) -> int:
     import dataclasses
 
     from weakground.config import DataConfig, from_dict, parse_override, to_dict
@@ -132,6 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from weakground.engine.pipeline import load_grounder, machine_description
     from weakground.engine.trainer import resolve_device
 
+    if args.split not in ("val", "test"):
+        raise WeakgroundError(f"eval --split {args.split!r}: multi-MNIST checkpoints are scored on val or test")
     device = resolve_device("auto")
     model, config = load_grounder(args.checkpoint, device)
     data = to_dict(config.data)
@@ -143,10 +203,77 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_config = from_dict(DataConfig, data, "--set data")
     config = dataclasses.replace(config, data=data_config)
     split = build_splits(data_config, (args.split,))[args.split]
-    report = evaluate_label_grounding(model, split, config.eval, device, args.max_images, progress=True)
+    report = evaluate_label_grounding(model, split, config.eval, device, args.max_images,
+                                      progress=not args.no_progress)
     report.update({"checkpoint": str(args.checkpoint), "split": args.split, "data": to_dict(data_config),
                    "machine": machine_description()})
     _print_table(_summary_rows(report))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(report, indent=2))
+        print(f"report: {args.out}")
+    return 0
+
+
+def _phrase_method(args: argparse.Namespace, device: torch.device) -> Grounder:
+    """The Grounder to score: from --checkpoint (checked against --method), or a fixed method built by name."""
+    from weakground.config import BackboneConfig, parse_override
+    from weakground.methods import create_method
+    from weakground.registry import METHODS
+
+    if args.checkpoint is not None:
+        from weakground.engine.pipeline import load_grounder
+
+        if args.overrides:
+            raise WeakgroundError(f"eval --set {args.overrides[0]!r}: a checkpoint's method settings are fixed")
+        model, config = load_grounder(args.checkpoint, device)
+        if args.method is not None and args.method != config.method.name:
+            raise WeakgroundError(f"{args.checkpoint}: checkpoint holds method {config.method.name!r}, not "
+                                  f"--method {args.method!r}")
+        return model
+    if args.method is None:
+        raise WeakgroundError("eval --data needs --method NAME or --checkpoint PATH")
+    cls = METHODS.get(args.method)  # unknown name: one line listing the registered methods
+    if cls.trainable:
+        raise WeakgroundError(f"eval --method {args.method!r} is a learned method: give its --checkpoint")
+    params = {}
+    for text in args.overrides:
+        keys, value = parse_override(text)
+        if len(keys) != 3 or keys[:2] != ["method", "params"]:
+            raise WeakgroundError(f"eval --set {text!r}: only method.params.KEY=VALUE applies to --method "
+                                  f"{args.method}")
+        params[keys[2]] = value
+    # A fixed method reads the files' own RGB; a checkpoint fixes its channel count instead.
+    return create_method(args.method, BackboneConfig(in_channels=3), [], params)
+
+
+def _eval_phrases(args: argparse.Namespace) -> int:
+    from weakground.engine.checkpoint import atomic_write_text
+    from weakground.engine.phrase_eval import evaluate_phrase_grounding, format_phrase_report
+    from weakground.engine.pipeline import machine_description
+    from weakground.engine.trainer import resolve_device
+    from weakground.metrics import PointingProtocol
+
+    if args.max_images is not None and args.max_images < 1:
+        raise WeakgroundError(f"eval --max-images {args.max_images}: must be >= 1")
+    if args.n_visualize < 0:
+        raise WeakgroundError(f"eval --n-visualize {args.n_visualize}: must be >= 0")
+    try:
+        protocol = PointingProtocol(tolerance=0.0 if args.tolerance is None else args.tolerance,
+                                    box_rule="union" if args.union else "any",
+                                    min_area=0.0 if args.min_area is None else args.min_area,
+                                    argmax_on="grid" if args.grid_argmax else "image")
+    except ValueError as exc:
+        raise WeakgroundError(f"eval protocol: {exc}") from None
+    device = resolve_device("auto")
+    model = _phrase_method(args, device)
+    report = evaluate_phrase_grounding(model, args.data, args.split, protocol, strict=args.strict,
+                                       max_images=args.max_images, device=device, progress=not args.no_progress,
+                                       visualize_dir=args.visualize, n_visualize=args.n_visualize)
+    report.update({"checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+                   "machine": machine_description()})
+    print(format_phrase_report(report))
+    if args.visualize is not None:
+        print(f"overlays: {len(report['visualizations'])} in {args.visualize}")
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2))
         print(f"report: {args.out}")

@@ -1,0 +1,375 @@
+"""Phrase-level evaluation: any :class:`~weakground.methods.Grounder` on any dataset the readers understand.
+
+``source (FORMAT:PATH, split) -> records -> image + its phrases -> model.heatmaps -> pointing metrics -> report``
+
+* Queries: every grounded phrase mention of every caption is one query (Flickr30K Entities practice: "a man"
+  in two captions is two queries), plus every class-labelled object of the image (COCO instances, where the
+  category name is the phrase). A query's ground truth is all of its boxes.
+* Per image the distinct phrase texts are asked in one ``model.heatmaps`` call (chunks of ``phrase_batch``),
+  at the image's own size; each map stays on the method's grid for the pointing game (which resizes it to the
+  image with :func:`~weakground.metrics.resize_heatmap`, or takes the grid argmax, as the protocol says).
+* Scores: the pointing game (:func:`~weakground.metrics.pointing_game`) under an explicit
+  :class:`~weakground.metrics.PointingProtocol`; attention correctness over the same scored queries; the centre
+  and random baselines over the same queries and protocol; a per-type breakdown; and, for methods with a joint
+  image-text space (``has_joint_space``), Recall@K in both directions over the split's captions.
+* Bad input: the reader skips and counts what it cannot use (``file:line``); images that cannot be decoded,
+  whose size differs from the annotation, or that the method rejects are skipped and counted here with their
+  file names. ``strict=True`` turns the first such problem into a one-line :class:`WeakgroundError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from weakground.data.readers import parse_spec, read_dataset
+from weakground.data.types import ImageRecord, Phrase, Problem
+from weakground.errors import InputError, WeakgroundError
+from weakground.methods.base import Grounder
+from weakground.metrics import (
+    PointingProtocol,
+    attention_correctness,
+    breakdown_by_type,
+    center_baseline,
+    heatmap_point,
+    pointing_game,
+    random_baseline_accuracy,
+    resize_heatmap,
+    retrieval_report,
+)
+
+__all__ = ["evaluate_phrase_grounding", "protocol_line", "format_phrase_report", "UNTYPED"]
+
+UNTYPED = "(untyped)"  # by_type key of phrases whose source gives no type (ReferIt, Visual Genome)
+_MAX_LISTED = 20  # file names listed per skip reason; the count is always complete
+_TEXT_CHUNK = 256  # captions encoded at once for retrieval
+
+
+@dataclass
+class _Query:
+    text: str
+    boxes: Tensor  # [G, 4] float64 xyxy
+    size: tuple[int, int]  # (H, W)
+    types: list[str]
+
+
+@dataclass
+class _Skips:
+    """Skip reasons -> file names, in the order met."""
+
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, file: str) -> None:
+        self.files.setdefault(reason, []).append(file)
+
+    def report(self) -> dict[str, Any]:
+        return {"count": sum(len(v) for v in self.files.values()),
+                "reasons": {r: {"count": len(v), "files": v[:_MAX_LISTED]} for r, v in self.files.items()}}
+
+
+def _reader_skips(problems: list[Problem]) -> dict[str, Any]:
+    reasons: dict[str, dict[str, Any]] = {}
+    for p in problems:
+        entry = reasons.setdefault(p.reason, {"count": 0, "by_design": p.by_design, "files": []})
+        entry["count"] += 1
+        if len(entry["files"]) < _MAX_LISTED:
+            entry["files"].append(p.where)
+    return {"count": sum(not p.by_design for p in problems), "by_design": sum(p.by_design for p in problems),
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1]["count"], kv[0])))}
+
+
+def _queries(record: ImageRecord) -> list[Phrase]:
+    return [p for c in record.captions for p in c.phrases] + list(record.objects)
+
+
+def _load_image(record: ImageRecord, channels: int, strict: bool, skips: _Skips) -> Tensor | None:
+    """``[1, C, H, W]`` float image in [0, 1], or ``None`` (skipped and counted) when it cannot be used."""
+    from weakground.io import read_image
+
+    if record.path is None:
+        problem = f"image {record.image_id}: the dataset names no image file"
+        if strict:
+            raise WeakgroundError(problem)
+        skips.add("no image file named", f"image {record.image_id}")
+        return None
+    try:
+        array = read_image(record.path, channels=channels)
+    except InputError:
+        if strict:
+            raise  # already one line naming the file and the cause
+        skips.add("unreadable image", str(record.path))
+        return None
+    if array.shape[:2] != (record.height, record.width):
+        if strict:
+            raise WeakgroundError(f"{record.path}: image is {array.shape[1]}x{array.shape[0]} but its annotation says "
+                                  f"{record.width}x{record.height} (boxes would not line up)")
+        skips.add("image size differs from annotation", str(record.path))
+        return None
+    tensor = torch.from_numpy(array).float().div_(255.0)
+    return tensor[None, None] if array.ndim == 2 else tensor.permute(2, 0, 1)[None]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "phrase"
+
+
+def _nan_to_none(value: Any) -> Any:
+    # JSON has no NaN: an undefined mean (no scored query) is written as null.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+@torch.no_grad()
+def evaluate_phrase_grounding(
+    model: Grounder,
+    spec: str,
+    split: str = "test",
+    protocol: PointingProtocol | None = None,
+    *,
+    strict: bool = False,
+    max_images: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    visualize_dir: Path | None = None,
+    n_visualize: int = 16,
+    phrase_batch: int = 64,
+) -> dict[str, Any]:
+    """Score ``model``'s phrase heatmaps on one split of a dataset (see the module docstring).
+
+    Args:
+        model: any Grounder; only ``heatmaps`` is called (plus ``encode_image``/``encode_text`` when
+            ``model.has_joint_space``).
+        spec: ``FORMAT:PATH``, e.g. ``"flickr30k_entities:/data/flickr30k"``.
+        split: the split to read (``"test"``, ``"val"``, ``"test_unseen"``, a COCO ``"val2014"``, ``"all"``).
+        protocol: pointing-game settings; defaults to ``PointingProtocol()`` (0 px, any box, no min area,
+            argmax on the resized map).
+        strict: the first reader or image problem (not by design) raises instead of being skipped.
+        max_images: score only the first N records of the split.
+        device: where images and the model run.
+        progress: show a tqdm bar over images (on stderr).
+        visualize_dir: write one overlay PNG (map, predicted point, ground-truth boxes) per query here, for the
+            first ``n_visualize`` queries.
+        n_visualize: how many queries to draw.
+        phrase_batch: most phrases asked of one image in one ``heatmaps`` call.
+
+    Returns:
+        ``{"pointing_accuracy", "n_queries", "n_evaluated", "n_hits", "n_images", "protocol", "baselines":
+        {"center", "random"}, "attention_correctness", "by_type": {type: {"pointing_accuracy",
+        "attention_correctness", "count"}}, "skipped": {"reader", "images", "queries"}, "recall"`` (joint-space
+        methods only) ``, "method", "visualizations", "seconds"}``. Accuracies are fractions in [0, 1]; ``None``
+        where no query was scored.
+
+    Raises:
+        WeakgroundError: a bad spec or split, a fatal reader problem, or with ``strict`` the first problem.
+    """
+    from tqdm.auto import tqdm
+
+    protocol = protocol or PointingProtocol()
+    fmt, _ = parse_spec(spec)
+    if max_images is not None and max_images < 1:
+        raise WeakgroundError(f"max_images must be >= 1, got {max_images}")
+    if n_visualize < 0:
+        raise WeakgroundError(f"n_visualize must be >= 0, got {n_visualize}")
+    channels = int(getattr(model.backbone_config, "in_channels", 3))
+    if channels not in (1, 3):
+        raise WeakgroundError(f"method {model.name!r} reads {channels}-channel images; image files give 1 or 3")
+    t0 = time.time()
+    result = read_dataset(spec, split=split, strict=strict)
+    records = result.records[:max_images] if max_images is not None else result.records
+    model = model.to(device).eval()
+    joint = bool(getattr(model, "has_joint_space", False))
+
+    skips = _Skips()
+    queries: list[_Query] = []
+    hits: list[bool | None] = []
+    correctness: list[float | None] = []
+    n_images, n_without_queries = 0, 0
+    image_emb: list[Tensor] = []
+    captions: list[str] = []
+    caption_image: list[int] = []
+    drawn: list[str] = []
+    for record in tqdm(records, disable=not progress, desc="evaluate phrases", unit="image", leave=False):
+        phrases = _queries(record)
+        if not phrases and not joint:
+            n_without_queries += 1
+            continue
+        image = _load_image(record, channels, strict, skips)
+        if image is None:
+            continue
+        image = image.to(device)
+        try:
+            model.check_images(image)
+        except InputError as exc:
+            if strict:
+                raise WeakgroundError(f"{record.path}: {exc}") from None
+            skips.add("image rejected by the method", str(record.path))
+            continue
+        n_images += 1
+        n_without_queries += not phrases
+        size = (record.height, record.width)
+        maps = _phrase_maps(model, image, phrases, phrase_batch, record)
+        image_queries = [_Query(p.text, torch.tensor([b.as_list() for b in p.boxes], dtype=torch.float64)
+                                .reshape(-1, 4), size, list(p.phrase_types) or [UNTYPED]) for p in phrases]
+        image_hits = pointing_game([maps[q.text] for q in image_queries], [q.boxes for q in image_queries],
+                                   [size] * len(image_queries), protocol)["hits"]
+        for q, hit in zip(image_queries, image_hits):
+            # Attention correctness is averaged over exactly the queries the pointing game scores.
+            correctness.append(None if hit is None else attention_correctness(maps[q.text], q.boxes, size))
+            if visualize_dir is not None and len(drawn) < n_visualize:
+                drawn.append(str(_draw(image, maps[q.text], q, hit, protocol, Path(visualize_dir),
+                                       len(drawn), record.image_id)))
+        queries += image_queries
+        hits += image_hits
+        if joint:
+            image_emb.append(model.encode_image(image)[0])
+            for caption in record.captions:
+                if caption.text.strip():
+                    captions.append(caption.text)
+                    caption_image.append(len(image_emb) - 1)
+
+    scored = [h for h in hits if h is not None]
+    boxes, sizes = [q.boxes for q in queries], [q.size for q in queries]
+    types = [q.types for q in queries]
+    point_types = breakdown_by_type(hits, types)
+    ac_types = breakdown_by_type(correctness, types)
+    ac_scored = [a for a in correctness if a is not None]
+    report: dict[str, Any] = {
+        "method": model.name,
+        "pointing_accuracy": sum(scored) / len(scored) if scored else float("nan"),
+        "n_queries": len(queries),
+        "n_evaluated": len(scored),
+        "n_hits": int(sum(scored)),
+        "n_images": n_images,
+        "protocol": {
+            **protocol.describe(),
+            "dataset": spec,
+            "format": fmt,
+            "split": split,
+            "max_images": max_images,
+            "accuracy": "per query: each phrase mention in each caption (and each labelled object) is one query",
+            "heatmap_resize": "bilinear, align_corners=False, to the annotated image size",
+            "attention_correctness": "mean over the queries the pointing game scores",
+        },
+        "baselines": {"center": center_baseline(boxes, sizes, protocol),
+                      "random": random_baseline_accuracy(boxes, sizes, protocol)},
+        "attention_correctness": sum(ac_scored) / len(ac_scored) if ac_scored else float("nan"),
+        "by_type": {t: {"pointing_accuracy": point_types[t]["mean"],
+                        "attention_correctness": ac_types[t]["mean"], "count": point_types[t]["count"]}
+                    for t in point_types},
+        "skipped": {
+            "reader": _reader_skips(result.problems),
+            "images": skips.report(),
+            "queries": {"count": len(hits) - len(scored),
+                        "reason": "no valid box, or union box below min_area of the image"},
+            "images_without_queries": n_without_queries,
+        },
+    }
+    if joint:
+        report["recall"] = _recall(model, image_emb, captions, caption_image)
+    if visualize_dir is not None:
+        report["visualizations"] = drawn
+    report["seconds"] = round(time.time() - t0, 2)
+    return _nan_to_none(report)
+
+
+def _phrase_maps(model: Grounder, image: Tensor, phrases: list[Phrase], phrase_batch: int,
+                 record: ImageRecord) -> dict[str, Tensor]:
+    """Each distinct phrase text of one image -> its ``[h, w]`` map (asked ``phrase_batch`` texts at a time)."""
+    texts = list(dict.fromkeys(p.text for p in phrases))
+    maps: dict[str, Tensor] = {}
+    for start in range(0, len(texts), phrase_batch):
+        chunk = texts[start:start + phrase_batch]
+        out = model.heatmaps(image, chunk)
+        if out.ndim != 4 or out.shape[:2] != (1, len(chunk)):
+            raise RuntimeError(f"method {model.name!r} returned heatmaps of shape {tuple(out.shape)} for 1 image and "
+                               f"{len(chunk)} phrases; expected [1, {len(chunk)}, h, w]")
+        if not bool(torch.isfinite(out).all()):
+            raise WeakgroundError(f"{record.path}: method {model.name!r} returned NaN or infinite heatmaps")
+        maps.update(zip(chunk, out[0]))
+    return maps
+
+
+def _recall(model: Grounder, image_emb: list[Tensor], captions: list[str],
+            caption_image: list[int]) -> dict[str, Any]:
+    """Recall@1/5/10 and median rank, both directions, over the evaluated images and their captions.
+
+    Scores are dot products of ``encode_image`` ``[1, D]`` and ``encode_text`` ``[T, D]`` embeddings (methods
+    whose space is cosine return unit vectors), computed in chunks by :func:`retrieval_report`.
+    """
+    if not image_emb or not captions:
+        nan = {"R@1": float("nan"), "R@5": float("nan"), "R@10": float("nan"), "median_rank": float("nan"),
+               "n_queries": 0}
+        return {"text_to_image": dict(nan), "image_to_text": dict(nan)}
+    images = torch.stack(image_emb)
+    texts = torch.cat([model.encode_text(captions[s:s + _TEXT_CHUNK]) for s in range(0, len(captions), _TEXT_CHUNK)])
+    return retrieval_report(images, texts.to(images.device), torch.tensor(caption_image))
+
+
+def _draw(image: Tensor, heatmap: Tensor, query: _Query, hit: bool | None, protocol: PointingProtocol,
+          out_dir: Path, index: int, image_id: str) -> Path:
+    """One overlay PNG: the map resized to the image, the point the protocol takes, the ground-truth boxes."""
+    from weakground.viz import overlay_figure
+
+    pixels = image[0].permute(1, 2, 0).cpu().numpy()
+    pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    resized = resize_heatmap(heatmap.detach().float(), query.size).cpu().numpy()
+    point = heatmap_point(heatmap, query.size, protocol.argmax_on)
+    verdict = "skipped" if hit is None else "hit" if hit else "miss"
+    path = out_dir / f"{index:04d}_{_slug(image_id)}_{_slug(query.text)}.png"
+    return overlay_figure(pixels, [resized], [f"{query.text} ({verdict})"], [query.boxes.tolist()], [point], path)
+
+
+# ------------------------------------------------------------------------------------------------ printing
+
+
+def protocol_line(protocol: dict[str, Any]) -> str:
+    """The pointing protocol of a report on one line, e.g. ``"tolerance 0 px, any box, min area 0, argmax on
+    the image-resized map, per-query accuracy"``."""
+    rule = "any box" if protocol["box_rule"] == "any" else "union box"
+    argmax = "image-resized map" if protocol["argmax_on"] == "image" else "feature grid"
+    return (f"tolerance {protocol['tolerance']:g} px, {rule}, min area {protocol['min_area']:g}, argmax on the "
+            f"{argmax}, per-query accuracy")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_phrase_report(report: dict[str, Any], max_types: int = 12) -> str:
+    """A small plain-text table of a report (no trailing newline): protocol, accuracy, baselines, types."""
+    skipped = report["skipped"]
+    rows = [("pointing_accuracy", _fmt(report["pointing_accuracy"])),
+            ("center baseline", _fmt(report["baselines"]["center"])),
+            ("random baseline", _fmt(report["baselines"]["random"])),
+            ("attention_correctness", _fmt(report["attention_correctness"])),
+            ("queries scored / all", f"{report['n_evaluated']} / {report['n_queries']}"),
+            ("images", str(report["n_images"])),
+            ("images skipped", str(skipped["images"]["count"])),
+            ("reader problems", f"{skipped['reader']['count']} (+{skipped['reader']['by_design']} by design)")]
+    if "recall" in report:
+        for direction in ("text_to_image", "image_to_text"):
+            r = report["recall"][direction]
+            medr = "n/a" if r["median_rank"] is None else f"{r['median_rank']:g}"
+            rows.append((f"{direction} R@1/5/10, medr",
+                         f"{_fmt(r['R@1'])} / {_fmt(r['R@5'])} / {_fmt(r['R@10'])}, {medr}"))
+    types = list(report["by_type"].items())
+    if 1 < len(types) <= max_types:
+        rows += [(f"  type {t}", f"{_fmt(v['pointing_accuracy'])}  (n={v['count']})") for t, v in types]
+    width = max(len(k) for k, _ in rows)
+    protocol = report["protocol"]
+    lines = [f"{report['method']} on {protocol['dataset']} (split {protocol['split']})",
+             f"protocol: {protocol_line(protocol)}"]
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    return "\n".join(lines)
