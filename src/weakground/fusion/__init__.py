@@ -1,3 +1,5 @@
 """Multimodal fusion modules."""
 
 from weakground.fusion.mcb import CompactBilinearPooling, CountSketch  # noqa: F401
+
+__all__ = ["CompactBilinearPooling", "CountSketch"]
