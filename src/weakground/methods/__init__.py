@@ -2,3 +2,6 @@
 
 from weakground.methods.base import Grounder, create_method  # noqa: F401
 from weakground.methods import mcb_attention  # noqa: F401  (registers "mcb_attention")
+from weakground.methods import bridge  # noqa: F401  (registers "bridge"; its models load on first use)
+
+__all__ = ["Grounder", "create_method", "mcb_attention", "bridge"]

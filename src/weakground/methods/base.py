@@ -22,6 +22,8 @@ class Grounder(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # True for methods that ground with pretrained parts as they are: `locate` builds them without a checkpoint.
+    zero_training: ClassVar[bool] = False
 
     def __init__(self, config: Any, backbone_config: BackboneConfig, class_names: list[str]) -> None:
         super().__init__()
