@@ -32,8 +32,8 @@ from weakground.methods import create_method
 from weakground.metrics import resize_heatmap
 
 RESULTS = Path(__file__).parent / "results"
-PHRASE_SETS = {"objects": ["the cat", "a pink nose", "whiskers"],
-               "with_head_part": ["the cat", "her face", "a cup"]}
+PHRASE_SETS = {"objects": ["the cat", "a cup of coffee", "whiskers"],
+               "with_head_part": ["the cat", "her face", "a pink nose"]}
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

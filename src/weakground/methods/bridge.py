@@ -29,6 +29,7 @@ photo, and a check that the rest of the pipeline (CLI, metrics, overlays) behave
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +204,7 @@ class BridgeConfig:
     image_size: int = 448  # the image's long side is resized to this (rounded to multiples of 32)
     scales: list[float] = field(default_factory=lambda: [1.0])  # extra passes at image_size * scale, maps averaged
     temperature: float = 0.1  # softmax temperature over cosine similarities of phrase and class names
-    top_k: int = 10  # classes kept from the text side
+    top_k: int = 20  # classes kept from the text side (the image evidence then chooses among them)
     evidence_power: float = 0.5  # gamma: how strongly the image's own class probabilities reweight the classes
     evidence_floor: float = 1e-4  # keeps a class the classifier missed from being zeroed entirely
     # lambda: subtract lambda x the CAM of the image's own class distribution, so the map shows where the
@@ -237,7 +238,7 @@ class Bridge(Grounder):
             raise ConfigError("method.params.temperature must be > 0 and top_k >= 1")
         synonyms = read_class_names()
         super().__init__(config, backbone_config or BackboneConfig(in_channels=3), [s[0] for s in synonyms])
-        self.encoder = pretrained_lite(config.variant)
+        self.encoder = pretrained_lite(config.variant, fused=True)  # frozen: BatchNorm folded for speed
         self.text = shared_minilm()
         self._synonyms = synonyms
         self._index = {name.lower(): i for i, names in enumerate(synonyms) for name in reversed(names)}
@@ -375,6 +376,15 @@ class Bridge(Grounder):
 FACE_SIDE = 256  # the face cascade runs on the image resized to this long side (~0.1 s on one CPU core)
 
 
+@functools.lru_cache(maxsize=1)
+def _face_cascade() -> Any:
+    """scikit-image's LBP frontal-face cascade (its XML ships in the wheel), parsed once per process."""
+    from skimage.data import lbp_frontal_face_cascade_filename
+    from skimage.feature import Cascade
+
+    return Cascade(lbp_frontal_face_cascade_filename())
+
+
 def largest_face(image: Tensor) -> tuple[float, float, float, float] | None:
     """The largest frontal face found by scikit-image's LBP cascade, as ``(x, y, w, h)`` in fractions of the
     image width/height, or ``None``.
@@ -382,9 +392,6 @@ def largest_face(image: Tensor) -> tuple[float, float, float, float] | None:
     Args:
         image: ``[1|3, H, W]`` in ``[0, 1]``.
     """
-    from skimage.data import lbp_frontal_face_cascade_filename
-    from skimage.feature import Cascade
-
     gray = image.mean(0, keepdim=True)[None].float().cpu()
     h, w = gray.shape[-2:]
     ratio = FACE_SIDE / max(h, w)
@@ -393,8 +400,7 @@ def largest_face(image: Tensor) -> tuple[float, float, float, float] | None:
     side = min(small.shape)
     if side < 24:
         return None
-    detector = Cascade(lbp_frontal_face_cascade_filename())
-    found = detector.detect_multi_scale(img=small, scale_factor=1.2, step_ratio=1, min_size=(24, 24),
+    found = _face_cascade().detect_multi_scale(img=small, scale_factor=1.2, step_ratio=1, min_size=(24, 24),
                                         max_size=(side, side))
     if not found:
         return None
