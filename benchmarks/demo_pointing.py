@@ -73,12 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         "n_images": len(data.records), "n_queries": game["n_queries"],
         "accuracy": {"bridge": game["accuracy"], "center": center_baseline(boxes, sizes, protocol),
                      "random": random_baseline_accuracy(boxes, sizes, protocol)},
+        "by_type": {t: {"hits": sum(bool(r["hit"]) for r in rows if r["type"] == t),
+                        "n": sum(r["type"] == t for r in rows)} for t in sorted({r["type"] for r in rows})},
         "selection_note": SELECTION_NOTE, "seconds_total": round(seconds, 2), "machine": machine_description(), "per_query": rows,
     }
     print(f"demo set: {result['n_images']} photos, {result['n_queries']} phrases; pointing game, tolerance 0, any box")
     print("| method | pointing accuracy |\n|---|---|")
     for name, acc in result["accuracy"].items():
         print(f"| {name} | {acc:.3f} |")
+    print("by type: " + ", ".join(f"{t} {v['hits']}/{v['n']}" for t, v in result["by_type"].items()))
     misses = [f"{r['image']}: {r['phrase']}" for r in rows if not r["hit"]]
     print(f"misses ({len(misses)}): " + "; ".join(misses))
     if not args.no_write:
