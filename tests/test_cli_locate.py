@@ -66,3 +66,8 @@ def test_locate_truncated_image_is_exit_2(capsys, tmp_path, photo, bridge_model)
     bad.write_bytes(photo.read_bytes()[:500])
     code, _, err = run(capsys, "locate", bad, "a cat", "--out", tmp_path / "o.png")
     assert code == 2 and "cut.jpg" in err and err.count("\n") == 1
+
+
+def test_training_bridge_is_a_clear_error(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--set", "method.name=bridge", "--out", tmp_path / "run", "--no-progress")
+    assert code == 2 and "needs no training" in err and not (tmp_path / "run").exists()

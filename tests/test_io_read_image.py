@@ -77,6 +77,14 @@ def test_not_an_image_and_missing_file(tmp_path):
         read_image(tmp_path / "missing.png")
 
 
+def test_real_100_megapixel_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(path)  # 12 kB on disk, 100 MP when decoded
+    assert path.stat().st_size < 100_000
+    with pytest.raises(InputError, match=r"bomb.png: image is 10000x10000 \(100 MP\), above the 90 MP limit"):
+        read_image(path)
+
+
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
     # A real 90 MP file would be slow to write; the limit is checked from the header, so a lower limit on a
     # small file exercises the same path.

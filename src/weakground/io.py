@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,12 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     if channels not in (1, 3):
         raise InputError(f"{path}: cannot read an image with {channels} channels (1 or 3 supported)")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns from ~89 MP on; this function enforces its own limit just below with a one-line error,
+            # and a warning printed before that line would break the CLI's one-line contract.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             if img.width * img.height > MAX_PIXELS:
                 raise InputError(f"{path}: image is {img.width}x{img.height} ({img.width * img.height / 1e6:.0f} MP), "
                                  f"above the {MAX_PIXELS / 1e6:.0f} MP limit")
