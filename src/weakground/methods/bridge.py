@@ -8,7 +8,8 @@ encoder, and the image classifier's own class-activation maps do the localising:
     s --top-k softmax(s / T)--> text weights t [1000]
     image --EfficientNet-Lite0--> head map f [1280, h, w] --mean, fc, softmax--> image evidence p [1000]
     w = normalise(t * (p + floor) ** gamma)                                   classes named AND seen
-    map(x, y) = ReLU(sum_k w_k * W_fc[k] . f(x, y)), divided by its maximum
+    cam(x, y) = sum_k w_k W_fc[k] . f(x, y)  -  lambda sum_k p_k W_fc[k] . f(x, y)
+    map = ReLU(cam) / max(cam)                                                 (lambda = 0.5: see BridgeConfig)
 
 The last line is the class-activation map (Zhou et al., CVPR 2016) of a mixture of classes; seed 002
 (Engilberge et al., DSVE-Loc) localises the same way, by projecting activation maps into a label/embedding
@@ -155,7 +156,7 @@ def reduce_phrase(phrase: str) -> ReducedPhrase:
     words = [w.lower().replace("’", "'") for w in _WORD.findall(phrase)][:MAX_PHRASE_WORDS]
     chunk: list[str] = []
     owner = ""
-    for i, word in enumerate(words):
+    for word in words:
         participle = word.endswith("ing") and len(word) > 4 and word not in ING_NOUNS
         if (word in BREAK_WORDS or participle) and chunk:
             if word == "of" and chunk[-1] in QUANTIFIERS:
@@ -174,8 +175,6 @@ def reduce_phrase(phrase: str) -> ReducedPhrase:
         chunk = words[-1:] if words else []
     head = chunk[-1] if chunk else ""
     attributes = chunk[:-1]
-    if head.endswith("s'"):
-        head = head[:-1]
     if head in PERSON_WORDS:
         kind = "person"
     elif head in HEAD_PARTS and (not owner or owner in PRONOUN_OWNERS or owner in PERSON_WORDS):
@@ -330,8 +329,8 @@ class Bridge(Grounder):
             phrases: P non-empty phrases.
 
         Returns:
-            ``[B, P, h, w]`` in ``[0, 1]`` (each map's peak is 1), at the stride-32 grid of the largest scale;
-            resize with :func:`weakground.metrics.resize_heatmap`.
+            ``[B, P, h, w]`` in ``[0, 1]`` (each map's peak is 1) at stride 8 of the largest scale's working size
+            (4x its stride-32 grid); resize with :func:`weakground.metrics.resize_heatmap`.
         """
         self.check_images(images)
         device = self.encoder.classifier.weight.device
@@ -401,7 +400,7 @@ def largest_face(image: Tensor) -> tuple[float, float, float, float] | None:
     if side < 24:
         return None
     found = _face_cascade().detect_multi_scale(img=small, scale_factor=1.2, step_ratio=1, min_size=(24, 24),
-                                        max_size=(side, side))
+                                               max_size=(side, side))
     if not found:
         return None
     best = max(found, key=lambda d: d["width"] * d["height"])
