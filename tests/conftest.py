@@ -17,3 +17,12 @@ def tiny_backbone():
 @pytest.fixture
 def digit_names():
     return [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="session")
+def bridge_model():
+    """The zero-training bridge method (pretrained weights from pip packages; loaded once per session)."""
+    from weakground.methods import create_method
+
+    return create_method("bridge", None, [], {}).eval()
+

@@ -25,6 +25,8 @@ EPILOG = """examples:
   weakground eval --checkpoint runs/quickstart/checkpoints/train_best.safetensors --out report.json
   weakground eval --method center --data flickr30k_entities:/data/flickr30k --split test --out center.json
   weakground locate digits.png 3 7 --checkpoint runs/quickstart/checkpoints/train_best.safetensors
+  weakground locate photo.jpg "the cat" "a red shirt" --out overlay.png   # zero-training `bridge`, no checkpoint
+  weakground locate --folder photos/ --phrases phrases.txt --out overlays/
 """
 
 
@@ -97,13 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("locate", help="ground phrases (labels) in an image file with a trained checkpoint",
-                       description="Write a heatmap overlay with the peak point and boxes per phrase.")
-    p.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
-    p.add_argument("phrases", nargs="+", help="phrases or labels to ground, e.g. 3 seven")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a .safetensors checkpoint written by train")
-    p.add_argument("--out", type=Path, default=Path("overlay.png"), help="overlay figure (default: overlay.png)")
-    p.add_argument("--threshold", type=float, help="box threshold as a fraction of the peak (default: the checkpoint's)")
+    p = sub.add_parser("locate", help="point phrases at a photo (zero-training `bridge` by default, or a checkpoint)",
+                       description="Ground each phrase in an image: a heatmap overlay with the peak point and boxes "
+                       "per phrase. Without --checkpoint the zero-training method `bridge` (pretrained ImageNet and "
+                       "MiniLM models, no download) is used; a checkpoint brings its own method.")
+    p.add_argument("image", nargs="?", type=Path, help="image file (PNG, JPEG, ...); omit with --folder")
+    p.add_argument("phrases", nargs="*", help="phrases to ground, e.g. \"the cat\" \"a red shirt\"")
+    p.add_argument("--method", help="a method that needs no training (default: bridge), or the checkpoint's own")
+    p.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint written by train")
+    p.add_argument("--folder", type=Path, help="ground the phrases in every image of this folder (batch mode)")
+    p.add_argument("--phrases", dest="phrase_file", type=Path, help="a UTF-8 file with one phrase a line")
+    p.add_argument("--out", type=Path, help="overlay figure (default: overlay.png), or with --folder the "
+                   "folder for one overlay per image (default: overlays/)")
+    p.add_argument("--threshold", type=float, help="box threshold as a fraction of the peak (default: the "
+                   "checkpoint's, else 0.5)")
     p.add_argument("--json", action="store_true", help="print points and boxes as JSON")
     p.set_defaults(func=cmd_locate)
 
@@ -280,25 +289,66 @@ def _eval_phrases(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_locate(args: argparse.Namespace) -> int:
+MAX_PHRASE_CHARS = 1000  # a longer "phrase" is almost surely a pasted document; refuse it rather than guess
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _locate_phrases(args: argparse.Namespace) -> list[str]:
+    phrases = list(args.phrases)
+    if args.folder is not None and args.image is not None:
+        phrases.insert(0, str(args.image))  # with --folder every positional argument is a phrase
+    if args.phrase_file is not None:
+        try:
+            text = args.phrase_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WeakgroundError(f"{args.phrase_file}: cannot read the phrase file ({exc})") from None
+        phrases += [line.strip() for line in text.splitlines() if line.strip()]
+    if not phrases:
+        raise WeakgroundError("no phrase to ground: give phrases after the image, or --phrases FILE")
+    for i, phrase in enumerate(phrases, 1):
+        if not phrase.strip():
+            raise WeakgroundError(f"phrase {i} is empty")
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise WeakgroundError(f"phrase {i} is {len(phrase):,} characters long; the limit is {MAX_PHRASE_CHARS:,}")
+    return [p.strip() for p in phrases]
+
+
+def _locate_model(args: argparse.Namespace) -> tuple[object, float, int]:
+    """The method to run, its box threshold and the image channels it reads."""
+    from weakground.config import BackboneConfig, EvalConfig
+    from weakground.methods import create_method
+    from weakground.registry import METHODS
+
+    if args.checkpoint is not None:
+        from weakground.engine.pipeline import load_grounder
+
+        model, config = load_grounder(args.checkpoint)
+        if args.method is not None and args.method != config.method.name:
+            raise WeakgroundError(f"--method {args.method!r} differs from the checkpoint's method "
+                                  f"{config.method.name!r}; drop --method")
+        return model, config.eval.box_threshold, model.backbone_config.in_channels
+    name = args.method or "bridge"
+    cls = METHODS.get(name)
+    if cls.trainable:
+        raise WeakgroundError(f"method {name!r} must be trained first: pass --checkpoint (methods that need no "
+                              f"training: {', '.join(n for n in METHODS.names() if not METHODS.get(n).trainable)})")
+    model = create_method(name, BackboneConfig(in_channels=3), [], {})
+    return model.eval(), EvalConfig().box_threshold, 3
+
+
+def _locate_one(model: object, path: Path, phrases: list[str], threshold: float, channels: int,
+                out: Path) -> dict:
     import torch
 
-    from weakground.engine.pipeline import load_grounder
-    from weakground.io import read_image
+    from weakground.io import image_to_tensor, read_image
     from weakground.metrics import heatmap_to_boxes, resize_heatmap
     from weakground.viz import overlay_figure
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise WeakgroundError(f"--threshold {args.threshold}: must lie in [0, 1] (a fraction of the map's peak)")
-    model, config = load_grounder(args.checkpoint)
-    threshold = config.eval.box_threshold if args.threshold is None else args.threshold
-    image = read_image(args.image, channels=model.backbone_config.in_channels)
-    tensor = torch.from_numpy(image).float().div(255.0)
-    tensor = tensor[None, None] if image.ndim == 2 else tensor.permute(2, 0, 1)[None]
+    image = read_image(path, channels=channels)
     with torch.no_grad():
-        maps = resize_heatmap(model.heatmaps(tensor, args.phrases), tuple(image.shape[:2]))[0]
+        maps = resize_heatmap(model.heatmaps(image_to_tensor(image), phrases), tuple(image.shape[:2]))[0]
     results, heatmaps, boxes, points = [], [], [], []
-    for phrase, hm in zip(args.phrases, maps):
+    for phrase, hm in zip(phrases, maps):
         det, scores = heatmap_to_boxes(hm, threshold)
         y, x = divmod(int(hm.argmax()), hm.shape[1])
         results.append({"phrase": phrase, "point": [x, y], "peak": float(hm.max()),
@@ -306,14 +356,54 @@ def cmd_locate(args: argparse.Namespace) -> int:
         heatmaps.append(hm.numpy())
         boxes.append(det.tolist())
         points.append((x, y))
-    overlay_figure(image, heatmaps, list(args.phrases), boxes, points, args.out)
+    overlay_figure(image, heatmaps, phrases, boxes, points, out)
+    return {"image": str(path), "results": results, "overlay": str(out)}
+
+
+def _print_located(report: dict) -> None:
+    print(f"{report['image']}:")
+    for r in report["results"]:
+        print(f"  {r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)")
+    print(f"  overlay: {report['overlay']}")
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise WeakgroundError(f"--threshold {args.threshold}: must lie in [0, 1] (a fraction of the map's peak)")
+    if args.folder is None and args.image is None:
+        raise WeakgroundError("give an image file, or --folder DIR")
+    if args.folder is not None and not args.folder.is_dir():
+        raise WeakgroundError(f"{args.folder}: not a folder")
+    phrases = _locate_phrases(args)
+    model, threshold, channels = _locate_model(args)
+    threshold = threshold if args.threshold is None else args.threshold
+    if args.folder is None:
+        report = _locate_one(model, args.image, phrases, threshold, channels, args.out or Path("overlay.png"))
+        if args.json:
+            print(json.dumps(report, indent=2, ensure_ascii=False))
+        else:
+            _print_located(report)
+        return 0
+    images = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise WeakgroundError(f"{args.folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    out_dir = args.out or Path("overlays")
+    reports, failures = [], 0
+    for path in images:
+        try:
+            report = _locate_one(model, path, phrases, threshold, channels, out_dir / f"{path.stem}.png")
+        except WeakgroundError as exc:
+            # One bad file must not lose the others' results: report it, go on, and exit 2 at the end.
+            failures += 1
+            print(f"weakground: error: {exc}", file=sys.stderr)
+            continue
+        reports.append(report)
+        if not args.json:
+            _print_located(report)
     if args.json:
-        print(json.dumps({"image": str(args.image), "results": results, "overlay": str(args.out)}, indent=2))
-    else:
-        for r in results:
-            print(f"{r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)")
-        print(f"overlay: {args.out}")
-    return 0
+        print(json.dumps({"folder": str(args.folder), "images": reports, "failed": failures}, indent=2,
+                         ensure_ascii=False))
+    return 2 if failures else 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

@@ -22,8 +22,9 @@ from weakground.data.splits import build_splits, class_names
 from weakground.engine.checkpoint import atomic_write_text, load_weights, read_checkpoint, save_checkpoint
 from weakground.engine.evaluate import evaluate_label_grounding
 from weakground.engine.trainer import Trainer, resolve_device, seed_everything
-from weakground.errors import CheckpointError
+from weakground.errors import CheckpointError, ConfigError
 from weakground.methods import Grounder, create_method
+from weakground.registry import METHODS
 from weakground.vision.resnet import DigitClassifier
 
 
@@ -71,6 +72,9 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
                    figure: bool = True) -> dict[str, Any]:
     """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` and a figure."""
     # Build the model first: a bad method setting fails here, before any data is made or any file written.
+    if not METHODS.get(config.method.name).trainable:
+        raise ConfigError(f"method {config.method.name!r} needs no training (a baseline, or pretrained models used as "
+                          f"they are): use `weakground locate --method {config.method.name}`")
     seed_everything(config.train.seed)
     t0 = time.time()
     names = class_names(config.data)

@@ -23,7 +23,8 @@ class Grounder(nn.Module):
     name: ClassVar[str]
     config_class: ClassVar[type]
     # Evaluators read these flags instead of calling a method and catching NotImplementedError.
-    trainable: ClassVar[bool] = True  # False: a fixed baseline, evaluated without a checkpoint
+    # False: a fixed method (a baseline, or `bridge` on pretrained parts as they are), built without a checkpoint.
+    trainable: ClassVar[bool] = True
     has_joint_space: ClassVar[bool] = False  # True: encode_image / encode_text / scores are implemented
 
     def __init__(self, config: Any, backbone_config: BackboneConfig, class_names: list[str]) -> None:

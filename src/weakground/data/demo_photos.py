@@ -1,0 +1,91 @@
+"""A small demo set of real photos in the Flickr30K Entities layout, from images that ship in installed packages.
+
+The annotations (``weakground/data/demo/``: ``Sentences/``, ``Annotations/``, ``test.txt``) were written by hand
+for this project: captions, phrases and boxes drawn by looking at each photo. The photos themselves are not
+copied into the repository: ``sources.json`` names where each comes from, and :func:`materialize_demo` links
+(or copies) them into a cache folder as ``Images/<id>.jpg`` beside the annotations, so the ordinary
+:func:`weakground.data.flickr30k_entities.read_flickr30k_entities` reads the set unchanged.
+
+Sources: ``skimage.data`` (astronaut, camera, chelsea, coffee, rocket, motorcycle_left), scikit-learn's
+``load_sample_images`` files (china, flower) and matplotlib's ``grace_hopper.jpg``. ``camera`` is grayscale on
+purpose: it exercises the grayscale path of the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from weakground.data.types import ReadResult
+from weakground.errors import WeakgroundError
+
+DEMO_DIR = Path(__file__).parent / "demo"
+
+
+def image_source_path(source: str) -> Path:
+    """Resolve ``"package:name"`` from ``sources.json`` to the file inside the installed package.
+
+    Raises:
+        WeakgroundError: the package is not installed or the file is missing.
+    """
+    package, _, name = source.partition(":")
+    try:
+        if package == "skimage":
+            import skimage
+
+            path = Path(skimage.__file__).parent / "data" / (name + (".jpg" if name == "rocket" else ".png"))
+        elif package == "sklearn":
+            import sklearn.datasets
+
+            path = Path(sklearn.datasets.__file__).parent / "images" / f"{name}.jpg"
+        elif package == "matplotlib":
+            import matplotlib
+
+            path = Path(matplotlib.get_data_path()) / "sample_data" / name
+        else:
+            raise WeakgroundError(f"demo image source {source!r}: unknown package {package!r}")
+    except ImportError as exc:
+        raise WeakgroundError(f"demo image {source!r} needs the package {package} ({exc})") from None
+    if not path.is_file():
+        raise WeakgroundError(f"demo image {source!r}: {path} is missing from the installed package")
+    return path
+
+
+def materialize_demo(root: str | Path | None = None) -> Path:
+    """Lay the demo set out as a Flickr30K Entities root and return it.
+
+    Args:
+        root: folder to write (default: ``<cache>/demo_flickr30k``, see :func:`weakground.text.minilm.cache_dir`).
+
+    Returns:
+        The root, holding ``Sentences/``, ``Annotations/``, ``Images/<id>.jpg`` (links to, or copies of, the
+        package files; a PNG under a ``.jpg`` name is fine, decoders sniff the format) and ``test.txt``.
+    """
+    if root is None:
+        from weakground.text.minilm import cache_dir
+
+        root = cache_dir() / "demo_flickr30k"
+    root = Path(root)
+    for sub in ("Sentences", "Annotations"):
+        shutil.copytree(DEMO_DIR / sub, root / sub, dirs_exist_ok=True)
+    shutil.copyfile(DEMO_DIR / "test.txt", root / "test.txt")
+    images = root / "Images"
+    images.mkdir(parents=True, exist_ok=True)
+    sources = json.loads((DEMO_DIR / "sources.json").read_text(encoding="utf-8"))
+    for image_id, source in sources.items():
+        src, dst = image_source_path(source), images / f"{image_id}.jpg"
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        try:
+            dst.symlink_to(src)
+        except OSError:
+            shutil.copyfile(src, dst)  # file systems without symlinks (some Windows setups)
+    return root
+
+
+def read_demo(root: str | Path | None = None) -> ReadResult:
+    """Materialise the demo set (see :func:`materialize_demo`) and read its ``test`` split, strictly."""
+    from weakground.data.flickr30k_entities import read_flickr30k_entities
+
+    return read_flickr30k_entities(materialize_demo(root), "test", strict=True)

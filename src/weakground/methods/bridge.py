@@ -1,0 +1,431 @@
+"""``bridge``: zero-training phrase grounding on real photos, through the ImageNet label space.
+
+No image-text pairs are learned here. A phrase is bridged to the 1,000 ImageNet classes through a sentence
+encoder, and the image classifier's own class-activation maps do the localising:
+
+    phrase --reduce--> "green eyes" (head noun "eyes", attributes, owner "cat")
+           --MiniLM--> q [384]  --cosine with the class names' embeddings--> s [1000]
+    s --top-k softmax(s / T)--> text weights t [1000]
+    image --EfficientNet-Lite0--> head map f [1280, h, w] --mean, fc, softmax--> image evidence p [1000]
+    w = normalise(t * (p + floor) ** gamma)                                   classes named AND seen
+    cam(x, y) = sum_k w_k W_fc[k] . f(x, y)  -  lambda sum_k p_k W_fc[k] . f(x, y)
+    map = ReLU(cam) / max(cam)                                                 (lambda = 0.5: see BridgeConfig)
+
+The last line is the class-activation map (Zhou et al., CVPR 2016) of a mixture of classes; seed 002
+(Engilberge et al., DSVE-Loc) localises the same way, by projecting activation maps into a label/embedding
+space and weighting them by the query. Multiplying the text weights by the image's class probabilities is what
+makes a loose text match usable: "a red motorcycle" is near "moped", "motor scooter" and "crash helmet" in text;
+the image says which of them is actually there.
+
+Phrases about people need care: ImageNet has almost no person classes. A person word (man, woman, player,
+astronaut, ...) is bridged to a fixed set of person-bearing classes (clothing and the three person classes), and
+a head part of a person (face, hair, eyes, ...) to the classes that sit on a head (wig, sunglasses, ski mask,
+...); the image evidence then picks among them. A part of a named non-person owner ("the cat's eyes") is
+grounded through the owner, since ImageNet has no part classes. These sets are general lexical choices,
+documented here, not tuned per demo phrase.
+
+The method is not trainable (:meth:`Bridge.loss` raises): it is a baseline that needs no data and works on any
+photo, and a check that the rest of the pipeline (CLI, metrics, overlays) behaves on real images.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from weakground.config import BackboneConfig
+from weakground.errors import ConfigError, InputError
+from weakground.methods.base import Grounder
+from weakground.registry import METHODS
+
+CLASS_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
+MAX_PHRASE_WORDS = 64  # longer phrases are cut here: the head noun sits early, and MiniLM reads 128 pieces at most
+
+# Class-name prompt; one embedding per synonym (at most MAX_SYNONYMS), averaged into the class's embedding.
+CLASS_TEMPLATE = "a photo of a {}"
+MAX_SYNONYMS = 3
+
+PERSON_WORDS = frozenset("""
+man men woman women person people persons girl girls boy boys child children kid kids baby lady ladies guy guys
+player players astronaut astronauts officer officers photographer photographers worker workers adult adults teen
+teenager student students soldier soldiers someone somebody gentleman gentlemen crowd group team couple family
+father mother son daughter husband wife bride groom he she they him her them rider driver cyclist biker skier
+surfer swimmer dancer singer musician doctor nurse chef cook policeman policemen fireman firemen officer sailor
+pilot scientist engineer admiral captain tourist tourists spectator spectators audience athlete athletes
+""".split())
+PERSON_CLASSES = ("groom", "ballplayer", "scuba diver", "suit", "jersey", "sweatshirt", "military uniform",
+                  "lab coat", "academic gown", "cardigan", "trench coat", "fur coat", "kimono", "abaya", "cowboy hat",
+                  "sombrero", "wig", "sunglasses", "bulletproof vest", "bow tie", "Windsor tie", "stole",
+                  "vestment", "poncho", "pajama", "apron", "bikini", "miniskirt", "lipstick")
+# Head parts and what is worn on a face or head, with where each sits in a detected face box (fraction of its
+# height from the top edge of the detector's box, which starts around the hairline).
+HEAD_OFFSETS: dict[str, float] = {
+    **dict.fromkeys("hair hairs hairstyle haircut forehead hat hats cap caps beret hood headband bandana turban "
+                    "headscarf".split(), 0.0),
+    **dict.fromkeys("eye eyes eyebrow eyebrows glasses eyeglasses spectacles sunglasses goggles".split(), 0.38),
+    **dict.fromkeys("face faces head heads cheek cheeks ear ears nose noses makeup".split(), 0.55),
+    **dict.fromkeys("mouth mouths lip lips smile teeth lipstick".split(), 0.75),
+    **dict.fromkeys("chin beard beards".split(), 0.92),
+}
+HEAD_PARTS = frozenset(w for w in HEAD_OFFSETS if w not in ("glasses eyeglasses spectacles sunglasses goggles hat hats "
+                                                              "cap caps beret hood headband bandana turban headscarf "
+                                                              "makeup lipstick").split())
+# Classes whose objects sit on a face or on hair (not hats, which have their own words, nor neck wear).
+HEAD_CLASSES = ("wig", "ski mask", "sunglasses", "sunglass", "lipstick", "face powder", "bonnet", "shower cap",
+                "bathing cap", "gasmask")
+# Colour, size and age words are left out of the text sent to the class names: ImageNet names colours only in
+# foods and breeds ("orange", "red wine"), so "an orange spacesuit" would otherwise match the fruit. Materials
+# and compound-noun modifiers ("wooden", "coffee cup", "fuel tank") are kept: they do name classes.
+APPEARANCE_WORDS = frozenset("""
+red orange yellow green blue purple pink brown black white gray grey silver golden gold dark light bright pale
+colorful colourful striped spotted big small large little tiny huge tall short long old young elderly new round
+smiling happy beautiful pretty
+""".split())
+PRONOUN_OWNERS = frozenset("his her their my your our its".split())
+# Words that end the noun phrase: prepositions, conjunctions, relative pronouns and common verbs.
+BREAK_WORDS = frozenset("""
+in on with of at near by behind under above below beside next to from for into onto over through between
+among around across along against toward towards inside outside and or but while who which that where whose
+is are was were be being been has have had wearing holding carrying riding sitting standing walking looking
+playing using eating drinking
+""".split())
+DETERMINERS = frozenset("""
+a an the this that these those some any each every one two three four five six seven eight nine ten several
+many few lots other another very
+""".split()) | PRONOUN_OWNERS
+# After a content word, an "-ing" word is a participle ending the noun phrase ("two dogs running on the beach"),
+# except for these common nouns.
+ING_NOUNS = frozenset("""
+building buildings clothing ceiling painting paintings ring rings king wing wings string strings swing swings
+railing railings awning pudding stocking stockings earring earrings sibling siblings thing things evening
+morning wedding bedding icing frosting lighting housing carving drawing drawings sling
+""".split())
+# "a pair of glasses", "a group of people": the noun after "of" is the head.
+QUANTIFIERS = frozenset("pair pairs group groups couple bunch set sets piece pieces stack pile lot lots "
+                        "kind type sort number crowd herd flock row line".split())
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+
+
+@dataclass
+class ReducedPhrase:
+    """What :func:`reduce_phrase` keeps of a phrase.
+
+    Attributes:
+        head: the head noun ("eyes"); empty only for a phrase with no word characters.
+        attributes: words before the head in its noun phrase (["green"]).
+        owner: a possessor ("cat" in "the cat's eyes", "her" in "her face"), or ``""``.
+        kind: ``"person"``; ``"person_head"`` (a head part of a person, or a body part with no owner);
+            ``"owner"`` (a part of a named non-person owner: ground the owner); ``"head_wear"`` (glasses, a
+            cap, ...: on a detected face if there is one, else like a thing); or ``"thing"``.
+    """
+
+    head: str
+    attributes: list[str] = field(default_factory=list)
+    owner: str = ""
+    kind: str = "thing"
+
+    @property
+    def text(self) -> str:
+        """The text sent to the sentence encoder."""
+        if self.kind == "owner":
+            return self.owner
+        return " ".join([a for a in self.attributes if a not in APPEARANCE_WORDS] + [self.head])
+
+
+def reduce_phrase(phrase: str) -> ReducedPhrase:
+    """Reduce a noun phrase to its head noun, the head's attributes and its owner, with word lists only.
+
+    Rules (no parser is shipped offline, and grounding phrases are short noun phrases): lower-case words; the
+    noun phrase ends at the first preposition, conjunction or verb (:data:`BREAK_WORDS`, or an "-ing" word that
+    is not in :data:`ING_NOUNS`) after a content word,
+    except after a quantifier ("a pair of glasses" -> "glasses"); its last word is the head; a possessive
+    ("cat's") or possessive pronoun ("her") before the head is the owner.
+
+    Examples:
+        ``"A man in a red shirt"`` -> head "man", kind "person";
+        ``"the cat's green eyes"`` -> head "eyes", owner "cat", kind "owner";
+        ``"her face"`` -> head "face", owner "her", kind "person_head".
+    """
+    words = [w.lower().replace("’", "'") for w in _WORD.findall(phrase)][:MAX_PHRASE_WORDS]
+    chunk: list[str] = []
+    owner = ""
+    for word in words:
+        participle = word.endswith("ing") and len(word) > 4 and word not in ING_NOUNS
+        if (word in BREAK_WORDS or participle) and chunk:
+            if word == "of" and chunk[-1] in QUANTIFIERS:
+                chunk = []
+                continue
+            break
+        if word in DETERMINERS:
+            if word in PRONOUN_OWNERS:
+                owner = word
+            continue
+        if word.endswith("'s") and len(word) > 2:
+            owner, chunk = word[:-2], []
+            continue
+        chunk.append(word)
+    if not chunk:  # only function words (e.g. "her"): fall back to the last word there is
+        chunk = words[-1:] if words else []
+    head = chunk[-1] if chunk else ""
+    attributes = chunk[:-1]
+    if head in PERSON_WORDS:
+        kind = "person"
+    elif head in HEAD_PARTS and (not owner or owner in PRONOUN_OWNERS or owner in PERSON_WORDS):
+        kind = "person_head"
+    elif head in HEAD_OFFSETS and not owner:
+        kind = "head_wear"
+    elif owner and owner not in PRONOUN_OWNERS and owner not in PERSON_WORDS:
+        kind = "owner"
+    else:
+        kind = "thing"
+    return ReducedPhrase(head, attributes, owner, kind)
+
+
+def read_class_names(path: Path = CLASS_FILE) -> list[list[str]]:
+    """The ImageNet-1k classes in index order; each entry lists its names, most common first."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) != 1000:
+        raise RuntimeError(f"{path}: expected 1000 ImageNet classes, found {len(lines)}")
+    return [[name.strip() for name in line.split(",")] for line in lines]
+
+
+@dataclass
+class BridgeConfig:
+    """Settings of :class:`Bridge` (defaults chosen on general grounds and checked on the demo set)."""
+
+    image_size: int = 448  # the image's long side is resized to this (rounded to multiples of 32)
+    scales: list[float] = field(default_factory=lambda: [1.0])  # extra passes at image_size * scale, maps averaged
+    temperature: float = 0.1  # softmax temperature over cosine similarities of phrase and class names
+    top_k: int = 20  # classes kept from the text side (the image evidence then chooses among them)
+    evidence_power: float = 0.5  # gamma: how strongly the image's own class probabilities reweight the classes
+    evidence_floor: float = 1e-4  # keeps a class the classifier missed from being zeroed entirely
+    # lambda: subtract lambda x the CAM of the image's own class distribution, so the map shows where the
+    # phrase's classes respond MORE than whatever the image mostly is (a contrastive CAM); 0 turns it off.
+    contrast: float = 0.5
+    # Head parts of people ("her face", "short hair", "glasses") are pointed at through scikit-image's LBP
+    # frontal-face cascade when it finds a face; ImageNet has no face or hair classes.
+    face_detector: bool = True
+    variant: str = "efficientnet-lite0"
+
+
+@METHODS.register("bridge")
+class Bridge(Grounder):
+    """Zero-training grounding through ImageNet class-activation maps (see the module docstring)."""
+
+    name = "bridge"
+    config_class = BridgeConfig
+    trainable: ClassVar[bool] = False
+    min_image_side = 8
+
+    def __init__(self, config: BridgeConfig, backbone_config: BackboneConfig | None = None,
+                 class_names: list[str] | None = None) -> None:
+        from weakground.text.minilm import shared_minilm
+        from weakground.vision.efficientnet_lite import pretrained_lite
+
+        if config.image_size < 32 or config.image_size % 32:
+            raise ConfigError(f"method.params.image_size must be a positive multiple of 32, got {config.image_size}")
+        if not config.scales or any(s <= 0 for s in config.scales):
+            raise ConfigError(f"method.params.scales must be positive numbers, got {config.scales}")
+        if config.temperature <= 0 or config.top_k < 1:
+            raise ConfigError("method.params.temperature must be > 0 and top_k >= 1")
+        synonyms = read_class_names()
+        super().__init__(config, backbone_config or BackboneConfig(in_channels=3), [s[0] for s in synonyms])
+        self.encoder = pretrained_lite(config.variant, fused=True)  # frozen: BatchNorm folded for speed
+        self.text = shared_minilm()
+        self._synonyms = synonyms
+        self._index = {name.lower(): i for i, names in enumerate(synonyms) for name in reversed(names)}
+        self._person = self._class_mask(PERSON_CLASSES)
+        self._head = self._class_mask(HEAD_CLASSES)
+        self._class_embeddings: Tensor | None = None
+
+    def _class_mask(self, names: tuple[str, ...]) -> Tensor:
+        mask = torch.zeros(1000)
+        for name in names:
+            if name.lower() not in self._index:
+                raise RuntimeError(f"bridge: class {name!r} is not an ImageNet class name")
+            mask[self._index[name.lower()]] = 1.0
+        return mask
+
+    # -- text side ---------------------------------------------------------------------------------------------
+    def class_embeddings(self) -> Tensor:
+        """``[1000, 384]`` unit embeddings of the class names (mean over up to 3 synonyms), cached on disk."""
+        if self._class_embeddings is None:
+            prompts, owner = [], []
+            for i, names in enumerate(self._synonyms):
+                for name in names[:MAX_SYNONYMS]:
+                    prompts.append(CLASS_TEMPLATE.format(name))
+                    owner.append(i)
+            table = self.text.embed_cached(prompts).cpu()
+            summed = torch.zeros(1000, table.shape[1]).index_add_(0, torch.tensor(owner), table)
+            self._class_embeddings = F.normalize(summed, dim=-1)
+        return self._class_embeddings
+
+    def text_weights(self, phrases: list[str]) -> Tensor:
+        """Phrase -> weights over the 1000 classes from text alone, ``[P, 1000]``, rows summing to 1.
+
+        Person phrases get a uniform weight over :data:`PERSON_CLASSES`; head parts of a person (named by a
+        person word or "his"/"her") over :data:`HEAD_CLASSES`; body parts with no owner ("green eyes") a
+        uniform weight over all classes, so the image evidence picks the main subject; everything else a
+        top-k softmax of cosine similarity with the class names. (Head phrases use a detected face first,
+        see :meth:`heatmaps`; these weights are the fallback.)
+        """
+        reduced = [reduce_phrase(p) for p in phrases]
+        for phrase, r in zip(phrases, reduced):
+            if not r.head:
+                raise InputError(f"phrase {phrase!r} has no words to ground")
+        weights = torch.zeros(len(phrases), 1000)
+        texts = [CLASS_TEMPLATE.format(r.text) for r in reduced]
+        sims = self.text.embed(texts).cpu() @ self.class_embeddings().T  # [P, 1000]
+        k = min(self.config.top_k, 1000)
+        for i, r in enumerate(reduced):
+            if r.kind == "person":
+                weights[i] = self._person / self._person.sum()
+            elif r.kind == "person_head" and (r.owner in PERSON_WORDS or r.owner in ("his", "her")):
+                weights[i] = self._head / self._head.sum()
+            elif r.kind == "person_head":
+                weights[i] = 1.0 / 1000
+            else:
+                top = sims[i].topk(k)
+                weights[i, top.indices] = torch.softmax(top.values / self.config.temperature, dim=0)
+        return weights
+
+    # -- image side --------------------------------------------------------------------------------------------
+    def _prepare(self, images: Tensor, scale: float) -> Tensor:
+        """RGB at the working size: long side ``image_size * scale``, both sides multiples of 32."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        h, w = images.shape[-2:]
+        target = self.config.image_size * scale
+        ratio = target / max(h, w)
+        size = (max(32, int(round(h * ratio / 32)) * 32), max(32, int(round(w * ratio / 32)) * 32))
+        antialias = size[0] < h or size[1] < w  # antialias only when shrinking
+        return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+    def check_images(self, images: Tensor) -> None:
+        """Like the base check, but any 1- or 3-channel image is accepted (grayscale is repeated to RGB)."""
+        if images.dim() != 4:
+            raise InputError(f"images must be a [B, C, H, W] tensor, got shape {tuple(images.shape)}")
+        if images.shape[1] not in (1, 3):
+            raise InputError(f"images have {images.shape[1]} channel(s); method 'bridge' reads 1 (gray) or 3 (RGB)")
+        if min(images.shape[-2:]) < self.min_image_side:
+            raise InputError(f"image size {tuple(images.shape[-2:])} is below the minimum side of "
+                             f"{self.min_image_side} px")
+        if not torch.isfinite(images).all():
+            raise InputError("images contain NaN or infinite values")
+
+    @torch.no_grad()
+    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """Class-activation maps of each phrase's class mixture.
+
+        Args:
+            images: ``[B, 1|3, H, W]`` in ``[0, 1]``, any size.
+            phrases: P non-empty phrases.
+
+        Returns:
+            ``[B, P, h, w]`` in ``[0, 1]`` (each map's peak is 1) at stride 8 of the largest scale's working size
+            (4x its stride-32 grid); resize with :func:`weakground.metrics.resize_heatmap`.
+        """
+        self.check_images(images)
+        device = self.encoder.classifier.weight.device
+        if not phrases:
+            return images.new_zeros((images.shape[0], 0, 1, 1))
+        text = self.text_weights(list(phrases)).to(device)  # [P, 1000]
+        maps: list[Tensor] = []
+        evidence: Tensor | None = None
+        for scale in sorted(self.config.scales):
+            head = self.encoder(self._prepare(images.to(device), scale), levels=("head",))["head"]
+            if evidence is None:  # the image's class probabilities, from the first (smallest) scale
+                evidence = torch.softmax(self.encoder.logits(head), dim=-1)  # [B, 1000]
+            weights = text[None] * (evidence[:, None] + self.config.evidence_floor) ** self.config.evidence_power
+            weights = weights / weights.sum(-1, keepdim=True)
+            cam = self.encoder.class_activation(head, weights)  # [B, P, h, w]
+            if self.config.contrast:
+                cam = cam - self.config.contrast * self.encoder.class_activation(head, evidence[:, None])
+            maps.append(cam)
+        # Returned at 4x the stride-32 grid (stride 8): the face prior below is sharper than one grid cell.
+        size = (4 * maps[-1].shape[-2], 4 * maps[-1].shape[-1])
+        cam = torch.stack([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]).mean(0)
+        cam = _normalise(cam)
+        head_phrases = [(i, reduce_phrase(p)) for i, p in enumerate(phrases)]
+        head_phrases = [(i, r) for i, r in head_phrases if r.kind in ("person_head", "head_wear")]
+        if head_phrases and self.config.face_detector:
+            for b in range(images.shape[0]):
+                face = largest_face(images[b])
+                if face is None:
+                    continue
+                for i, r in head_phrases:
+                    cam[b, i] = _face_prior(face, HEAD_OFFSETS[r.head], size).to(cam)
+        return cam
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise InputError("method 'bridge' has no training: it grounds with pretrained ImageNet and MiniLM "
+                         "models as they are (use `weakground locate --method bridge`)")
+
+    def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+        raise InputError("method 'bridge' has no trainable parameters")
+
+
+FACE_SIDE = 256  # the face cascade runs on the image resized to this long side (~0.1 s on one CPU core)
+
+
+@functools.lru_cache(maxsize=1)
+def _face_cascade() -> Any:
+    """scikit-image's LBP frontal-face cascade (its XML ships in the wheel), parsed once per process."""
+    from skimage.data import lbp_frontal_face_cascade_filename
+    from skimage.feature import Cascade
+
+    return Cascade(lbp_frontal_face_cascade_filename())
+
+
+def largest_face(image: Tensor) -> tuple[float, float, float, float] | None:
+    """The largest frontal face found by scikit-image's LBP cascade, as ``(x, y, w, h)`` in fractions of the
+    image width/height, or ``None``.
+
+    Args:
+        image: ``[1|3, H, W]`` in ``[0, 1]``.
+    """
+    gray = image.mean(0, keepdim=True)[None].float().cpu()
+    h, w = gray.shape[-2:]
+    ratio = FACE_SIDE / max(h, w)
+    small = F.interpolate(gray, size=(max(1, round(h * ratio)), max(1, round(w * ratio))), mode="bilinear",
+                          align_corners=False, antialias=ratio < 1)[0, 0].numpy()
+    side = min(small.shape)
+    if side < 24:
+        return None
+    found = _face_cascade().detect_multi_scale(img=small, scale_factor=1.2, step_ratio=1, min_size=(24, 24),
+                                               max_size=(side, side))
+    if not found:
+        return None
+    best = max(found, key=lambda d: d["width"] * d["height"])
+    sh, sw = small.shape
+    return best["c"] / sw, best["r"] / sh, best["width"] / sw, best["height"] / sh
+
+
+def _face_prior(face: tuple[float, float, float, float], offset: float, size: tuple[int, int]) -> Tensor:
+    """A Gaussian ``[h, w]`` peaking at the part's place in the face box (``offset`` of its height down from
+    the top, horizontally centred), with sigma a quarter of the face width; peak 1."""
+    x, y, fw, fh = face
+    cx, cy = x + fw / 2, y + offset * fh
+    h, w = size
+    ys = (torch.arange(h) + 0.5) / h
+    xs = (torch.arange(w) + 0.5) / w
+    sigma = max(fw * w / 4, 1e-3)  # in grid cells; cells are square up to the rounding of the grid size
+    d2 = ((xs[None, :] - cx) * w) ** 2 + ((ys[:, None] - cy) * h) ** 2
+    return torch.exp(-d2 / (2 * sigma ** 2))
+
+
+def _normalise(cam: Tensor) -> Tensor:
+    """ReLU and divide by each map's peak. A map with no positive value (every class in the mixture scores below
+    zero everywhere) is min-max scaled instead, so its least negative place still comes out on top."""
+    peak = cam.amax(dim=(-2, -1), keepdim=True)
+    low = cam.amin(dim=(-2, -1), keepdim=True)
+    positive = cam.clamp_min(0) / peak.clamp_min(1e-12)
+    shifted = (cam - low) / (peak - low).clamp_min(1e-12)
+    return torch.where(peak > 0, positive, shifted)

