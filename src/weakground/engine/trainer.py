@@ -132,7 +132,9 @@ class Trainer:
                     factor = lr_factor(step, total_steps, cfg.warmup_steps, cfg.schedule)
                     for g in optimizer.param_groups:
                         g["lr"] = g["base_lr"] * factor
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    # Tensors go to the device; text (caption lists) stays as it is for the method's tokenizer.
+                    batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                             for k, v in batch.items()}
                     with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                         losses = self.model.loss(batch)
                     total = losses["total"]
@@ -193,7 +195,7 @@ class Trainer:
 
     @staticmethod
     def _batch_size(batch: Batch) -> int:
-        return int(next(iter(batch.values())).shape[0])
+        return int(next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0])
 
     def _tensorboard(self) -> Any:
         if not self.config.tensorboard:
