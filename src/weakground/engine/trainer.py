@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from weakground.config import TrainConfig
 from weakground.engine.checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
 
-Batch = dict[str, Tensor]
+Batch = dict[str, Any]  # tensors (moved to the device) and, for caption methods, "captions": list[str]
 
 
 def resolve_device(name: str) -> torch.device:
