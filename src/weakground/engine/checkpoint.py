@@ -40,12 +40,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def checkpointed_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the modules named in ``model.frozen_modules``.
+
+    Frozen pretrained encoders (EfficientNet, MiniLM) are rebuilt from their packages when the method is
+    constructed, so writing their weights into every checkpoint would only add ~100 MB of copies.
+    """
+    prefixes = tuple(f"{name}." for name in getattr(model, "frozen_modules", ()))
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+
+
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimizer: Any = None) -> None:
-    """Write ``model``'s weights and ``meta`` (JSON-serialisable) to ``path`` (a ``.safetensors`` file)."""
+    """Write ``model``'s weights (less its frozen pretrained modules) and ``meta`` (JSON-serialisable) to
+    ``path`` (a ``.safetensors`` file)."""
     from safetensors.torch import save
 
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in checkpointed_state(model).items()}
     meta = {"format_version": FORMAT_VERSION, **meta}
     atomic_write_bytes(path, save(state, metadata={"weakground": json.dumps(meta)}))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
@@ -81,8 +92,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 def load_weights(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load ``state`` into ``model`` strictly; mismatched keys or shapes are a :class:`CheckpointError`."""
-    own = model.state_dict()
+    """Load ``state`` into ``model`` strictly (frozen pretrained modules aside); mismatched keys or shapes are a
+    :class:`CheckpointError`."""
+    own = checkpointed_state(model)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -95,7 +107,7 @@ def load_weights(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -
             raise CheckpointError(
                 f"{path}: checkpoint does not match the model ({k!r} is {tuple(v.shape)}, model has {tuple(own[k].shape)})"
             )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not getattr(model, "frozen_modules", ()))
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

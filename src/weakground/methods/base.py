@@ -26,6 +26,9 @@ class Grounder(nn.Module):
     # False: a fixed method (a baseline, or `bridge` on pretrained parts as they are), built without a checkpoint.
     trainable: ClassVar[bool] = True
     has_joint_space: ClassVar[bool] = False  # True: encode_image / encode_text / scores are implemented
+    # Attributes holding frozen pretrained modules (loaded from their packages on construction): checkpoints
+    # leave them out, see weakground.engine.checkpoint.checkpointed_state.
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, backbone_config: BackboneConfig, class_names: list[str]) -> None:
         super().__init__()
