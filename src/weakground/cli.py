@@ -161,6 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.preset, args.overrides)
     out = args.out or Path("runs") / config.name
     report = run_experiment(config, out, resume=args.resume, progress=not args.no_progress)
+    if config.data.name != "multimnist":  # caption methods print their per-split lines as they are scored
+        print(f"\n{config.name}: {config.method.name} on {config.data.name}; report: {out / 'report.json'}")
+        print(f"checkpoint: {report['train']['checkpoint']}")
+        return 0
     layout = f"{config.data.grid}x{config.data.grid} grid" if config.data.layout == "grid" else "free layout"
     print(f"\n{config.name}: {config.method.name} on {config.data.name} ({layout}), test split")
     _print_table(_summary_rows(report["test"]))

@@ -37,6 +37,10 @@ class DataConfig:
     n_val: int = 500
     n_test: int = 2000
     seed: int = 0
+    # Caption datasets (name "scenes", generated and cached, or a reader format such as "flickr30k_entities"):
+    path: str = ""  # the dataset root for a reader format; unused for the synthetic sets
+    image_size: int = 128  # training images are resized to image_size x image_size (evaluation reads full size)
+    n_test_unseen: int = 0  # scenes: images of held-out colour-category pairs, scored as a second test split
 
 
 @dataclass
@@ -82,7 +86,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.1
     backbone_lr_mult: float = 0.1  # the paper keeps the pretrained backbone at 1/10 of the learning rate
-    momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" (seed 000) or "adam" (seeds 001-003)
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     grad_clip: float = 5.0
     warmup_steps: int = 100

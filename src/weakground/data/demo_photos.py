@@ -56,14 +56,14 @@ def materialize_demo(root: str | Path | None = None) -> Path:
     """Lay the demo set out as a Flickr30K Entities root and return it.
 
     Args:
-        root: folder to write (default: ``<cache>/demo_flickr30k``, see :func:`weakground.text.minilm.cache_dir`).
+        root: folder to write (default: ``<cache>/demo_flickr30k``, see :func:`weakground.cache.cache_dir`).
 
     Returns:
         The root, holding ``Sentences/``, ``Annotations/``, ``Images/<id>.jpg`` (links to, or copies of, the
         package files; a PNG under a ``.jpg`` name is fine, decoders sniff the format) and ``test.txt``.
     """
     if root is None:
-        from weakground.text.minilm import cache_dir
+        from weakground.cache import cache_dir
 
         root = cache_dir() / "demo_flickr30k"
     root = Path(root)

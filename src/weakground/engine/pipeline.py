@@ -75,6 +75,10 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
     if not METHODS.get(config.method.name).trainable:
         raise ConfigError(f"method {config.method.name!r} needs no training (a baseline, or pretrained models used as "
                           f"they are): use `weakground locate --method {config.method.name}`")
+    if config.data.name != "multimnist":
+        from weakground.engine.caption_pipeline import run_caption_experiment
+
+        return run_caption_experiment(config, run_dir, resume, progress, figure)
     seed_everything(config.train.seed)
     t0 = time.time()
     names = class_names(config.data)

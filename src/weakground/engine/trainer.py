@@ -16,10 +16,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from weakground.config import TrainConfig
 from weakground.engine.checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
+from weakground.errors import ConfigError
 
 Batch = dict[str, Any]  # tensors (moved to the device) and, for caption methods, "captions": list[str]
 
@@ -86,8 +87,12 @@ class Trainer:
         groups = self.model.param_groups(self.config.lr, self.config.backbone_lr_mult)
         for g in groups:
             g["base_lr"] = g["lr"]
-        return torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum,
-                               weight_decay=self.config.weight_decay)
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum,
+                                   weight_decay=self.config.weight_decay)
+        raise ConfigError(f"train.optimizer {self.config.optimizer!r}: expected 'sgd' or 'adam'")
 
     def fit(self, make_batches: Callable[[np.random.Generator], Iterable[Batch]], steps_per_epoch: int,
             resume: bool = False) -> dict[str, Any]:

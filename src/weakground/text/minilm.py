@@ -22,15 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from weakground.cache import cache_dir
+
 from weakground.errors import WeakgroundError
 
 MAX_TOKENS = 128  # the model was trained on sequences up to 128 word pieces; longer phrases are truncated
 DIM = 384
-
-
-def cache_dir() -> Path:
-    """Where derived, recomputable artefacts (embedding tables) are kept."""
-    return Path(os.environ.get("WEAKGROUND_CACHE") or Path.home() / ".cache" / "weakground")
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""Caption-level training: the data path carries no box, batches are well formed, the job runs end to end."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from weakground.config import ExperimentConfig, from_dict
+from weakground.engine.caption_pipeline import (CaptionTrainSet, caption_batches, dataset_spec,
+                                                load_caption_train_set, scenes_root)
+from weakground.engine.pipeline import load_grounder, run_experiment
+from weakground.errors import ConfigError
+from weakground.methods.base import Grounder
+from weakground.registry import METHODS
+
+SEEN_BATCHES: list[dict] = []
+
+
+@dataclass
+class ProbeConfig:
+    pass
+
+
+@METHODS.register("_caption_probe")
+class CaptionProbe(Grounder):
+    """The smallest joint-space method: a 1x1 conv image map and a hashed bag of words, trained with a
+    bidirectional softmax over the batch. It records every batch the trainer hands it."""
+
+    name = "_caption_probe"
+    config_class = ProbeConfig
+    has_joint_space = True
+
+    def __init__(self, config, backbone_config, class_names):
+        super().__init__(config, backbone_config, class_names)
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.words = nn.EmbeddingBag(64, 8, mode="mean")
+
+    def _text(self, texts):
+        ids = [[hash(w) % 64 for w in t.lower().split()] or [0] for t in texts]
+        offsets = torch.tensor([0] + [len(i) for i in ids[:-1]]).cumsum(0)
+        return F.normalize(self.words(torch.tensor([j for i in ids for j in i]), offsets), dim=-1)
+
+    def encode_image(self, images):
+        return F.normalize(self.conv(images).mean((2, 3)), dim=-1)
+
+    def encode_text(self, texts):
+        return self._text(texts)
+
+    def heatmaps(self, images, phrases):
+        return torch.einsum("bchw,pc->bphw", self.conv(images), self._text(phrases)).relu()
+
+    def loss(self, batch):
+        SEEN_BATCHES.append(batch)
+        logits = 10 * self.encode_image(batch["images"]) @ self.encode_text(batch["captions"]).T
+        target = torch.arange(len(logits))
+        return {"total": F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)}
+
+
+def _config(**data):
+    return from_dict(ExperimentConfig, {
+        "name": "probe", "data": {"name": "scenes", "n_train": 12, "n_val": 4, "n_test": 4, "n_test_unseen": 3,
+                                  "image_size": 64, **data},
+        "backbone": {"in_channels": 3}, "method": {"name": "_caption_probe"},
+        "train": {"epochs": 2, "batch_size": 4, "lr": 0.05, "optimizer": "adam", "warmup_steps": 0,
+                  "device": "cpu"}})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEAKGROUND_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_scenes_are_generated_once_into_the_cache(cache):
+    config = _config()
+    root = scenes_root(config.data)
+    assert root.parent.parent == cache and (root / "Sentences").is_dir()
+    assert len((root / "train.txt").read_text().split()) == 12
+    assert len((root / "test_unseen.txt").read_text().split()) == 3
+    stamp = (root / "train.txt").stat().st_mtime_ns
+    assert scenes_root(config.data) == root and (root / "train.txt").stat().st_mtime_ns == stamp
+    assert scenes_root(_config(seed=1).data) != root  # a different spec is a different folder
+
+
+def test_dataset_spec_errors_name_the_setting(cache):
+    with pytest.raises(ConfigError, match="data.path"):
+        dataset_spec(_config(name="flickr30k_entities").data)
+    with pytest.raises(ConfigError, match="'imagenet'"):
+        dataset_spec(_config(name="imagenet").data)
+
+
+def test_training_set_and_batches_carry_captions_but_no_box(cache):
+    spec = dataset_spec(_config().data)
+    train = load_caption_train_set(spec, "train", 64, progress=False)
+    assert train.images.shape == (12, 64, 64, 3) and train.images.dtype == np.uint8
+    assert set(vars(train)) == {"images", "captions", "image_ids"}
+    assert all(isinstance(c, str) and c for caps in train.captions for c in caps)
+    batches = list(caption_batches(train, 5, np.random.default_rng(0)))
+    assert len(batches) == 2  # 12 images, batches of 5: the incomplete third is dropped
+    for batch in batches:
+        assert set(batch) == {"images", "captions"}
+        assert batch["images"].shape == (5, 3, 64, 64) and 0 <= batch["images"].min() <= batch["images"].max() <= 1
+        for image, caption in zip(batch["images"], batch["captions"]):
+            i = int(np.flatnonzero((train.images == (image.permute(1, 2, 0) * 255).round().byte().numpy())
+                                   .all(axis=(1, 2, 3)))[0])
+            assert caption in train.captions[i]  # each image comes with one of its own captions
+
+
+def test_batches_are_deterministic_per_rng():
+    data = CaptionTrainSet(np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
+                           [[f"caption {i} a", f"caption {i} b"] for i in range(8)], [str(i) for i in range(8)])
+    a = list(caption_batches(data, 4, np.random.default_rng([0, 1])))
+    b = list(caption_batches(data, 4, np.random.default_rng([0, 1])))
+    assert [x["captions"] for x in a] == [x["captions"] for x in b]
+    assert all(torch.equal(x["images"], y["images"]) for x, y in zip(a, b))
+
+
+def test_caption_experiment_trains_without_boxes_and_scores_both_test_splits(cache, tmp_path):
+    SEEN_BATCHES.clear()
+    report = run_experiment(_config(), tmp_path / "run", progress=False)
+    assert SEEN_BATCHES and all(set(b) == {"images", "captions"} for b in SEEN_BATCHES)
+    assert len(SEEN_BATCHES) == 2 * 3  # 2 epochs x (12 images // batch 4)
+    for split in ("test", "test_unseen"):
+        r = report[split]
+        assert 0 <= r["pointing_accuracy"] <= 1 and r["n_queries"] > 0
+        assert set(r["recall"]) == {"text_to_image", "image_to_text"}
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["test"]["pointing_accuracy"] == report["test"]["pointing_accuracy"]
+    assert len(saved["train"]["history"]) == 2 and "pointing_accuracy" in saved["train"]["history"][0]
+    assert any((tmp_path / "run" / "overlays" / "test").iterdir())
+    model, config = load_grounder(report["train"]["checkpoint"])
+    torch.manual_seed(0)  # the run built its model right after seeding 0: this is its initial state
+    fresh = CaptionProbe(ProbeConfig(), config.backbone, [])
+    assert config.method.name == "_caption_probe"
+    assert not torch.equal(model.conv.weight, fresh.conv.weight)  # the checkpoint holds trained weights
+
+
+def test_a_method_without_a_joint_space_is_refused_before_any_file(cache, tmp_path):
+    config = _config()
+    config.method.name = "mcb_attention"
+    with pytest.raises(ConfigError, match="does not learn from captions"):
+        run_experiment(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
