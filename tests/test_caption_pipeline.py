@@ -1,64 +1,17 @@
 """Caption-level training: the data path carries no box, batches are well formed, the job runs end to end."""
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from weakground.config import ExperimentConfig, from_dict
 from weakground.engine.caption_pipeline import (CaptionTrainSet, caption_batches, dataset_spec,
                                                 load_caption_train_set, scenes_root)
 from weakground.engine.pipeline import load_grounder, run_experiment
 from weakground.errors import ConfigError
-from weakground.methods.base import Grounder
-from weakground.registry import METHODS
-
-SEEN_BATCHES: list[dict] = []
-
-
-@dataclass
-class ProbeConfig:
-    pass
-
-
-@METHODS.register("_caption_probe")
-class CaptionProbe(Grounder):
-    """The smallest joint-space method: a 1x1 conv image map and a hashed bag of words, trained with a
-    bidirectional softmax over the batch. It records every batch the trainer hands it."""
-
-    name = "_caption_probe"
-    config_class = ProbeConfig
-    has_joint_space = True
-
-    def __init__(self, config, backbone_config, class_names):
-        super().__init__(config, backbone_config, class_names)
-        self.conv = nn.Conv2d(3, 8, 1)
-        self.words = nn.EmbeddingBag(64, 8, mode="mean")
-
-    def _text(self, texts):
-        ids = [[hash(w) % 64 for w in t.lower().split()] or [0] for t in texts]
-        offsets = torch.tensor([0] + [len(i) for i in ids[:-1]]).cumsum(0)
-        return F.normalize(self.words(torch.tensor([j for i in ids for j in i]), offsets), dim=-1)
-
-    def encode_image(self, images):
-        return F.normalize(self.conv(images).mean((2, 3)), dim=-1)
-
-    def encode_text(self, texts):
-        return self._text(texts)
-
-    def heatmaps(self, images, phrases):
-        return torch.einsum("bchw,pc->bphw", self.conv(images), self._text(phrases)).relu()
-
-    def loss(self, batch):
-        SEEN_BATCHES.append(batch)
-        logits = 10 * self.encode_image(batch["images"]) @ self.encode_text(batch["captions"]).T
-        target = torch.arange(len(logits))
-        return {"total": F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)}
-
+from probe_method import SEEN_BATCHES, CaptionProbe, ProbeConfig
 
 def _config(**data):
     return from_dict(ExperimentConfig, {
