@@ -422,7 +422,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web app and JSON API: upload a photo, type phrases, see heatmaps, points, "
                        "boxes", description="Serve a page and a JSON API (POST /api/locate, GET /api/health, "
-                       "GET /api/methods; schema at /openapi.json, docs at /docs) that ground phrases in an "
+                       "GET /api/methods; typed schema at /openapi.json) that ground phrases in an "
                        "uploaded photo with the same model as `locate`. The model loads once at startup; requests "
                        "run one at a time through it. Needs the `serve` extra: pip install 'weakground[serve]'.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "

@@ -1,6 +1,7 @@
 """The web app behind ``weakground serve``: a page and a JSON API that ground phrases in an uploaded photo.
 
-Endpoints (the typed schema is at ``/openapi.json``, browsable at ``/docs``):
+Endpoints (the typed schema is at ``/openapi.json``; FastAPI's ``/docs`` and ``/redoc`` pages are switched off
+because they load their scripts from a CDN, and this app works offline):
 
 * ``GET /`` — the page (``static/index.html``, plain JS and CSS, no build step and nothing fetched from a CDN);
 * ``POST /api/locate`` — multipart: ``image`` (a file) and one ``phrases`` field per phrase → per phrase the peak
@@ -291,7 +292,7 @@ def create_app(settings: ServeSettings | None = None,
         yield
         state.clear()
 
-    app = FastAPI(title="weakground", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="weakground", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Weakly supervised visual grounding: point phrases at a photo. `POST /api/locate` "
                   "with an image and phrases; each phrase comes back as a peak point, boxes and a heatmap.")
     app.add_middleware(UploadLimitMiddleware, max_body=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,

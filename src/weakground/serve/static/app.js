@@ -80,7 +80,7 @@ async function drawResult(card, photo, answer, r) {
   const canvas = document.createElement("canvas");
   canvas.width = photo.naturalWidth;
   canvas.height = photo.naturalHeight;
-  canvas.style.width = Math.min(photo.naturalWidth, answer.results.length > 1 ? 480 : 900) + "px";
+  canvas.style.width = Math.min(photo.naturalWidth, answer.results.length > 2 ? 270 : answer.results.length > 1 ? 420 : 880) + "px";
   canvas.dataset.point = r.point.join(",");
   canvas.dataset.boxes = String(r.boxes.length);
   const ctx = canvas.getContext("2d");
