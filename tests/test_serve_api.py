@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
-pytest.importorskip("multipart", reason="the web app needs python-multipart (the serve extra)")
+pytest.importorskip("python_multipart", reason="the web app needs python-multipart (the serve extra)")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from weakground.data.demo_photos import demo_photo_path  # noqa: E402

@@ -448,7 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise WeakgroundError(f"{args.checkpoint}: checkpoint file not found")
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise WeakgroundError(f"weakground serve needs the web extra ({exc.name} is missing): "
