@@ -446,16 +446,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise WeakgroundError(f"--timeout-s {args.timeout_s:g}: must be > 0")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise WeakgroundError(f"{args.checkpoint}: checkpoint file not found")
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401  (FastAPI's form parser)
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise WeakgroundError(f"weakground serve needs the web extra ({exc.name} is missing): "
-                              "pip install 'weakground[serve]'") from None
+    import importlib
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise WeakgroundError(f"weakground serve needs the web extra ({', '.join(missing)} missing): "
+                              "pip install 'weakground[serve]'")
     if args.checkpoint is None:  # a wrong name or a learned method fails here, in one line, not in the server log
-        import weakground.methods  # noqa: F401  (registers the methods)
         from weakground.registry import METHODS
+
+        importlib.import_module("weakground.methods")  # registers the methods
 
         name = args.method or "bridge"
         if METHODS.get(name).trainable:

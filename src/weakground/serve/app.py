@@ -325,12 +325,13 @@ def create_app(settings: ServeSettings | None = None,
 
     @app.get("/api/methods", response_model=MethodsResponse)
     async def methods() -> MethodsResponse:
-        import weakground.methods  # noqa: F401  (registers the methods)
+        from weakground.methods import Grounder  # importing the package registers every method
         from weakground.registry import METHODS
 
         name = served().name
         return MethodsResponse(served=name, methods=[
-            MethodInfo(name=n, trainable=METHODS.get(n).trainable, served=n == name) for n in METHODS.names()])
+            MethodInfo(name=n, trainable=METHODS.get(n).trainable, served=n == name) for n in METHODS.names()
+            if issubclass(METHODS.get(n), Grounder)])
 
     @app.get("/api/demo-photos", response_model=list[DemoPhoto])
     async def demo_photos() -> list[DemoPhoto]:
