@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (install, then run the main job) and `make test` (install, then run the tests).
+# Two entry points: `make demo` (install, then run the main job: train, then locate on a real photo) and
+# `make test` (install, then run the tests).
 # Both create the project-local virtual environment .venv on first use.
 PYTHON ?= python3
 # The CPU build of torch that lies on disk here; on a CUDA machine use e.g. `make demo TORCH=torch`.
@@ -18,6 +19,7 @@ venv: $(BIN)/weakground
 
 demo: venv
 	$(BIN)/weakground train
+	$(BIN)/weakground locate --demo astronaut "the astronaut" "the flag" "a space shuttle" --out runs/quickstart/locate.png
 
 test: venv
 	$(BIN)/python -m pytest -q

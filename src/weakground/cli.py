@@ -27,6 +27,8 @@ EPILOG = """examples:
   weakground locate digits.png 3 7 --checkpoint runs/quickstart/checkpoints/train_best.safetensors
   weakground locate photo.jpg "the cat" "a red shirt" --out overlay.png   # zero-training `bridge`, no checkpoint
   weakground locate --folder photos/ --phrases phrases.txt --out overlays/
+  weakground locate --demo astronaut "the astronaut" "the flag" --out locate.png   # a bundled real photo
+  weakground serve --port 8000                        # web page + JSON API at http://127.0.0.1:8000
   weakground train --preset multilevel_cpu                                 # caption-level training on scenes
   weakground retrieve --checkpoint runs/multilevel_cpu/checkpoints/train_best.safetensors --folder photos/ --text "a red circle"
 """
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="a method that needs no training (default: bridge), or the checkpoint's own")
     p.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint written by train")
     p.add_argument("--folder", type=Path, help="ground the phrases in every image of this folder (batch mode)")
+    p.add_argument("--demo", metavar="NAME", help="use a bundled real photo instead of a file (astronaut, chelsea, "
+                   "coffee, rocket, motorcycle, china, flower, grace_hopper, camera); every argument is a phrase")
     p.add_argument("--phrases", dest="phrase_file", type=Path, help="a UTF-8 file with one phrase a line")
     p.add_argument("--out", type=Path, help="overlay figure (default: overlay.png), or with --folder the "
                    "folder for one overlay per image (default: overlays/)")
@@ -117,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint's, else 0.5)")
     p.add_argument("--json", action="store_true", help="print points and boxes as JSON")
     p.set_defaults(func=cmd_locate)
+
+    _add_serve_parser(sub)
 
     p = sub.add_parser("data", help="dataset tools: validate a dataset on disk",
                        description="Validate a grounding dataset in its real layout and report problems with file "
@@ -322,8 +328,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def _locate_phrases(args: argparse.Namespace) -> list[str]:
     phrases = list(args.phrases)
-    if args.folder is not None and args.image is not None:
-        phrases.insert(0, str(args.image))  # with --folder every positional argument is a phrase
+    if (args.folder is not None or args.demo is not None) and args.image is not None:
+        phrases.insert(0, str(args.image))  # with --folder or --demo every positional argument is a phrase
     if args.phrase_file is not None:
         try:
             text = args.phrase_file.read_text(encoding="utf-8")
@@ -397,8 +403,15 @@ def _print_located(report: dict) -> None:
 def cmd_locate(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise WeakgroundError(f"--threshold {args.threshold}: must lie in [0, 1] (a fraction of the map's peak)")
+    if args.demo is not None:
+        from weakground.data.demo_photos import demo_photo_path
+
+        if args.folder is not None:
+            raise WeakgroundError("give --demo NAME or --folder DIR, not both")
+        args.phrases, args.image = _locate_phrases(args), demo_photo_path(args.demo)
+        args.demo = args.phrase_file = None
     if args.folder is None and args.image is None:
-        raise WeakgroundError("give an image file, or --folder DIR")
+        raise WeakgroundError("give an image file, --demo NAME, or --folder DIR")
     if args.folder is not None and not args.folder.is_dir():
         raise WeakgroundError(f"{args.folder}: not a folder")
     phrases = _locate_phrases(args)
@@ -431,6 +444,60 @@ def cmd_locate(args: argparse.Namespace) -> int:
         print(json.dumps({"folder": str(args.folder), "images": reports, "failed": failures}, indent=2,
                          ensure_ascii=False))
     return 2 if failures else 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web app and JSON API: upload a photo, type phrases, see heatmaps, points, "
+                       "boxes", description="Serve a page and a JSON API (POST /api/locate, GET /api/health, "
+                       "GET /api/methods; typed schema at /openapi.json) that ground phrases in an "
+                       "uploaded photo with the same model as `locate`. The model loads once at startup; requests "
+                       "run one at a time through it. Needs the `serve` extra: pip install 'weakground[serve]'.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
+                   "only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--method", help="a method that needs no training (default: bridge), or the checkpoint's own")
+    p.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint written by train")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                   help="largest image upload accepted, in MiB; larger ones get 413 (default: 10)")
+    p.add_argument("--timeout-s", type=float, default=30.0, metavar="S",
+                   help="per-request limit on decoding + inference; past it the answer is 504 (default: 30)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise WeakgroundError(f"--port {args.port}: must lie in 0..65535")
+    if not args.max_upload_mb > 0:
+        raise WeakgroundError(f"--max-upload-mb {args.max_upload_mb:g}: must be > 0")
+    if not args.timeout_s > 0:
+        raise WeakgroundError(f"--timeout-s {args.timeout_s:g}: must be > 0")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise WeakgroundError(f"{args.checkpoint}: checkpoint file not found")
+    import importlib
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "python_multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise WeakgroundError(f"weakground serve needs the web extra ({', '.join(missing)} missing): "
+                              "pip install 'weakground[serve]'")
+    if args.checkpoint is None:  # a wrong name or a learned method fails here, in one line, not in the server log
+        from weakground.registry import METHODS
+
+        importlib.import_module("weakground.methods")  # registers the methods
+
+        name = args.method or "bridge"
+        if METHODS.get(name).trainable:
+            raise WeakgroundError(f"method {name!r} must be trained first: pass --checkpoint")
+    from weakground.serve.app import ServeSettings, serve
+
+    settings = ServeSettings(method=args.method, checkpoint=args.checkpoint, timeout_s=args.timeout_s,
+                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    try:
+        serve(settings, host=args.host, port=args.port)
+    except SystemExit as exc:  # uvicorn exits when it cannot bind the port or the model fails to load
+        if exc.code not in (0, None):
+            raise WeakgroundError(f"the server did not start on {args.host}:{args.port} (see the log above)") from None
+    return 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,19 @@ if TYPE_CHECKING:
 # Larger images are refused before decoding: a decompression bomb (a tiny file declaring a huge canvas) would
 # otherwise exhaust memory. 90 MP is about Pillow's own warning level and above any camera photo in common use.
 MAX_PIXELS = 90_000_000
+
+
+class ImageReadError(InputError):
+    """An image that cannot be used, with ``kind`` saying why, so a caller (the web app) can pick a status code.
+
+    ``kind`` is ``"missing"`` (no such file), ``"empty"`` (zero bytes), ``"format"`` (not an image Pillow
+    recognises), ``"corrupt"`` (a recognised format that fails to decode: truncated, bad metadata) or
+    ``"too_large"`` (over :data:`MAX_PIXELS`, or what Pillow calls a decompression bomb).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def read_image(path: Path, channels: int = 3) -> np.ndarray:
@@ -32,26 +45,40 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     * Multi-frame files (GIF, TIFF) give their first frame.
 
     Raises:
-        InputError: naming the file, for a missing or unreadable file, a truncated one, an unknown format, or
-            one over :data:`MAX_PIXELS` (checked from the header, before decoding).
+        ImageReadError: (an :class:`InputError`) naming the file, for a missing or unreadable file, a truncated
+            one, an unknown format, or one over :data:`MAX_PIXELS` (checked from the header, before decoding).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: image file not found")
+        raise ImageReadError(f"{path}: image file not found", "missing")
+    return _decode(path, str(path), channels)
+
+
+def read_image_bytes(data: bytes, name: str = "upload", channels: int = 3) -> np.ndarray:
+    """:func:`read_image` for an image held in memory (an upload); errors name ``name`` instead of a path."""
+    import io as _io
+
+    if not data:
+        raise ImageReadError(f"{name}: empty file (0 bytes)", "empty")
+    return _decode(_io.BytesIO(data), name, channels)
+
+
+def _decode(source: Any, label: str, channels: int) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     if channels not in (1, 3):
-        raise InputError(f"{path}: cannot read an image with {channels} channels (1 or 3 supported)")
+        raise InputError(f"{label}: cannot read an image with {channels} channels (1 or 3 supported)")
     try:
         with warnings.catch_warnings():
             # Pillow warns from ~89 MP on; this function enforces its own limit just below with a one-line error,
             # and a warning printed before that line would break the CLI's one-line contract.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
         with img:
             if img.width * img.height > MAX_PIXELS:
-                raise InputError(f"{path}: image is {img.width}x{img.height} ({img.width * img.height / 1e6:.0f} MP), "
-                                 f"above the {MAX_PIXELS / 1e6:.0f} MP limit")
+                raise ImageReadError(f"{label}: image is {img.width}x{img.height} "
+                                     f"({img.width * img.height / 1e6:.0f} MP), above the "
+                                     f"{MAX_PIXELS / 1e6:.0f} MP limit", "too_large")
             img.load()  # decode now, so a truncated file fails here with the decoder's message
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -68,12 +95,14 @@ def read_image(path: Path, channels: int = 3) -> np.ndarray:
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: refused as a possible decompression bomb ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError,
-            struct.error) as exc:
+        raise ImageReadError(f"{label}: refused as a possible decompression bomb ({exc})", "too_large") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: cannot read image (not an image format Pillow recognises)",
+                             "format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError, struct.error) as exc:
         # KeyError/TypeError/struct.error: what Pillow's EXIF and TIFF parsers raise on corrupt metadata.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot read image ({reason})") from None
+        raise ImageReadError(f"{label}: cannot read image ({reason})", "corrupt") from None
 
 
 def image_to_tensor(image: np.ndarray) -> "torch.Tensor":

@@ -52,6 +52,23 @@ def image_source_path(source: str) -> Path:
     return path
 
 
+def demo_photo_names() -> list[str]:
+    """Names of the bundled demo photos (``sources.json``'s keys), in file order."""
+    return list(json.loads((DEMO_DIR / "sources.json").read_text(encoding="utf-8")))
+
+
+def demo_photo_path(name: str) -> Path:
+    """The installed file of demo photo ``name`` (e.g. ``"astronaut"``), read in place, never copied.
+
+    Raises:
+        WeakgroundError: an unknown name (the message lists the known ones) or a missing package file.
+    """
+    sources = json.loads((DEMO_DIR / "sources.json").read_text(encoding="utf-8"))
+    if name not in sources:
+        raise WeakgroundError(f"unknown demo photo {name!r}; known: {', '.join(sources)}")
+    return image_source_path(sources[name])
+
+
 def materialize_demo(root: str | Path | None = None) -> Path:
     """Lay the demo set out as a Flickr30K Entities root and return it.
 

@@ -1,0 +1,398 @@
+"""The web app behind ``weakground serve``: a page and a JSON API that ground phrases in an uploaded photo.
+
+Endpoints (the typed schema is at ``/openapi.json``; FastAPI's ``/docs`` and ``/redoc`` pages are switched off
+because they load their scripts from a CDN, and this app works offline):
+
+* ``GET /`` — the page (``static/index.html``, plain JS and CSS, no build step and nothing fetched from a CDN);
+* ``POST /api/locate`` — multipart: ``image`` (a file) and one ``phrases`` field per phrase → per phrase the peak
+  point, the boxes, the peak value, and a base64 PNG heatmap (and, on request, a drawn overlay);
+* ``GET /api/health``, ``GET /api/methods``, ``GET /api/demo-photos`` (+ ``/{name}``: the bundled real photos).
+
+Robustness, which the tests check one case at a time:
+
+* the model is built once, in the lifespan handler (so importing this module loads nothing), and inference is
+  serialised by a lock: one model, one request at a time through it;
+* a request body over the upload limit is refused with 413 as soon as its ``Content-Length`` says so, or as soon
+  as the bytes received pass the limit (chunked uploads), before the rest is read;
+* the image is decoded by :func:`weakground.io.read_image_bytes`, the same code as the CLI (EXIF rotation,
+  CMYK, 16-bit, palette, transparency; truncated files and decompression bombs refused): not an image → 415,
+  empty, corrupt, too many pixels or too small for the method → 400, each with the reason;
+* phrases are checked like the CLI's (empty, over :data:`weakground.cli.MAX_PHRASE_CHARS`, too many) → 422;
+* decoding and inference run in a worker thread under ``timeout_s``; past it the client gets 504 and the
+  worker's result is dropped (a request still queued for the lock gives up instead of running late);
+* every error body is ``{"detail": "<one line>"}``, and no bad request leaves the server unable to answer.
+"""
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from weakground import __version__
+from weakground.errors import InputError, WeakgroundError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_PHRASES = 16
+# Multipart framing and the phrase fields ride on top of the image: the body limit allows for them.
+FORM_OVERHEAD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``weakground serve`` was started with."""
+
+    method: str | None = None  # a method needing no training (default: bridge), or the checkpoint's own
+    checkpoint: Path | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    timeout_s: float = 30.0
+    max_phrases: int = MAX_PHRASES
+
+
+@dataclass
+class LoadedModel:
+    """The model the server answers with, its default box threshold and the channels it reads."""
+
+    model: Any
+    threshold: float
+    channels: int
+    name: str
+    load_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def load_model(settings: ServeSettings) -> LoadedModel:
+    """Build the served model exactly as ``weakground locate`` does (bridge by default, or a checkpoint's)."""
+    from weakground.cli import _locate_model
+
+    start = time.perf_counter()
+    model, threshold, channels = _locate_model(SimpleNamespace(method=settings.method,
+                                                               checkpoint=settings.checkpoint))
+    return LoadedModel(model, threshold, channels, model.name, time.perf_counter() - start)
+
+
+# ---- the typed API (these classes are what /openapi.json describes) ------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="one line saying what is wrong with the request", examples=[
+        "phrase 2 is empty"])
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    method: str = Field(description="the method that answers /api/locate")
+    version: str
+    max_upload_bytes: int
+    timeout_s: float
+    max_phrases: int
+    max_phrase_chars: int
+
+
+class MethodInfo(BaseModel):
+    name: str
+    trainable: bool = Field(description="True: the method needs a checkpoint (`weakground serve --checkpoint`)")
+    served: bool = Field(description="True for the method this server answers with")
+
+
+class MethodsResponse(BaseModel):
+    served: str
+    methods: list[MethodInfo]
+
+
+class DemoPhoto(BaseModel):
+    name: str
+    url: str = Field(description="GET it for the image file")
+
+
+class ImageInfo(BaseModel):
+    name: str = Field(description="the uploaded file's name")
+    width: int = Field(description="width in pixels after EXIF rotation; all coordinates refer to this frame")
+    height: int
+
+
+class PhraseResult(BaseModel):
+    phrase: str
+    point: tuple[int, int] = Field(description="(x, y): the pixel of the heatmap's peak, 0-based")
+    peak: float = Field(description="the heatmap's maximum (method-specific scale; bridge maps peak at 1)")
+    boxes: list[tuple[float, float, float, float]] = Field(
+        description="regions at or above threshold x peak, xyxy in pixel edges (x2, y2 exclusive), best first")
+    box_scores: list[float]
+    heatmap_png: str | None = Field(None, description="base64 PNG: the map divided by its peak, jet colours, "
+                                    "long side <= 640 px; draw it stretched over the image at ~45% opacity")
+    overlay_png: str | None = Field(None, description="base64 PNG: image + heatmap + boxes + point (with "
+                                    "overlay_png=true), long side <= 1024 px")
+
+
+class LocateResponse(BaseModel):
+    method: str
+    threshold: float = Field(description="box threshold used, as a fraction of each map's peak")
+    image: ImageInfo
+    results: list[PhraseResult]
+    image_png: str | None = Field(None, description="base64 PNG of the image as the model read it (with "
+                                  "image_png=true), long side <= 1024 px")
+    elapsed_ms: float = Field(description="decode + inference + pictures, on the server")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in {
+        400: "the file is an image but cannot be used: empty, truncated or corrupt, too many pixels (possible "
+             "decompression bomb) or too small for the method",
+        413: "the upload is over the server's limit (`--max-upload-mb`)",
+        415: "the file is not an image format the server can read",
+        422: "a missing field, or a phrase that is empty, too long, or too many phrases",
+        504: "decoding and inference took longer than the server's `--timeout-s`",
+    }.items()}
+
+
+# ---- the upload limit, enforced while the body streams in ------------------------------------------------------
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class UploadLimitMiddleware:
+    """413 for a request body over ``max_body`` bytes, decided before the body is read to its end."""
+
+    def __init__(self, app: Any, max_body: int, max_upload_bytes: int) -> None:
+        self.app, self.max_body, self.max_upload_bytes = app, max_body, max_upload_bytes
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any, size: str) -> None:
+        detail = (f"upload is {size}; the limit is {self.max_upload_bytes / 2**20:g} MB "
+                  f"(weakground serve --max-upload-mb)")
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            await self._refuse(scope, receive, send, f"{int(length) / 2**20:.1f} MB")
+            return
+        received, overflow = 0, False
+
+        async def limited_receive() -> Any:
+            nonlocal received, overflow
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    overflow = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            if not overflow:  # the app's answer to a body cut short is replaced by the 413 below
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if overflow:
+            await self._refuse(scope, receive, send,
+                               f"over {self.max_body / 2**20:.1f} MB (sent without a Content-Length)")
+
+
+# ---- the work done per request (in a worker thread) ------------------------------------------------------------
+
+
+class _Abandoned(Exception):
+    """The request timed out while this work waited for the model."""
+
+
+def check_phrases(phrases: list[str], max_phrases: int) -> list[str]:
+    """Strip the phrases and refuse what the CLI refuses; raise HTTP 422 with the reason."""
+    from weakground.cli import MAX_PHRASE_CHARS
+
+    if not phrases:
+        raise HTTPException(422, "no phrase to ground: send one or more `phrases` fields")
+    if len(phrases) > max_phrases:
+        raise HTTPException(422, f"{len(phrases)} phrases; the limit is {max_phrases} per request")
+    for i, phrase in enumerate(phrases, 1):
+        if not phrase.strip():
+            raise HTTPException(422, f"phrase {i} is empty")
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise HTTPException(422, f"phrase {i} is {len(phrase):,} characters long; the limit is "
+                                f"{MAX_PHRASE_CHARS:,}")
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in phrase):
+            raise HTTPException(422, f"phrase {i} contains control characters")
+    return [" ".join(p.split()) for p in phrases]
+
+
+def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float,
+            want: dict[str, bool], deadline: float, abandoned: threading.Event) -> dict:
+    import torch
+
+    from weakground.io import image_to_tensor, read_image_bytes
+    from weakground.metrics import heatmap_to_boxes, resize_heatmap
+    from weakground.serve import render
+
+    start = time.perf_counter()
+    image = read_image_bytes(data, name, channels=loaded.channels)
+    # Queued behind another request: wait no longer than this request's own deadline.
+    if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise _Abandoned
+    try:
+        if abandoned.is_set():  # the client already has its 504: do not spend the model on it
+            raise _Abandoned
+        with torch.no_grad():
+            maps = loaded.model.heatmaps(image_to_tensor(image), phrases)
+    finally:
+        loaded.lock.release()
+    maps = resize_heatmap(maps.float().cpu(), tuple(image.shape[:2]))[0]
+    results = []
+    for phrase, hm in zip(phrases, maps):
+        det, scores = heatmap_to_boxes(hm, threshold)
+        y, x = divmod(int(hm.argmax()), hm.shape[1])
+        boxes = [tuple(float(v) for v in b) for b in det.tolist()]
+        result = {"phrase": phrase, "point": (x, y), "peak": float(hm.max()), "boxes": boxes,
+                  "box_scores": [float(s) for s in scores]}
+        hm_np = hm.numpy()
+        if want["heatmap_png"]:
+            result["heatmap_png"] = render.heatmap_png(hm_np)
+        if want["overlay_png"]:
+            result["overlay_png"] = render.overlay_png(image, hm_np, (x, y), boxes)
+        results.append(result)
+    return {"method": loaded.name, "threshold": threshold,
+            "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
+            "results": results, "image_png": render.image_png(image) if want["image_png"] else None,
+            "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+
+# ---- the app ---------------------------------------------------------------------------------------------------
+
+
+def create_app(settings: ServeSettings | None = None,
+               loader: Callable[[ServeSettings], LoadedModel] = load_model) -> FastAPI:
+    """The FastAPI app. ``loader`` builds the model once at startup (tests pass one that reuses a model)."""
+    settings = settings or ServeSettings()
+    state: dict[str, LoadedModel] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        loaded = await asyncio.to_thread(loader, settings)
+        state["model"] = loaded
+        import logging
+
+        logging.getLogger("uvicorn.error").info("weakground: method %r ready (loaded in %.1f s)", loaded.name,
+                                                loaded.load_s)
+        yield
+        state.clear()
+
+    app = FastAPI(title="weakground", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Weakly supervised visual grounding: point phrases at a photo. `POST /api/locate` "
+                  "with an image and phrases; each phrase comes back as a peak point, boxes and a heatmap.")
+    app.add_middleware(UploadLimitMiddleware, max_body=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+                       max_upload_bytes=settings.max_upload_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    def served() -> LoadedModel:
+        if "model" not in state:
+            raise HTTPException(503, "the model is not loaded yet")
+        return state["model"]
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/health", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
+    async def health() -> HealthResponse:
+        from weakground.cli import MAX_PHRASE_CHARS
+
+        return HealthResponse(status="ok", method=served().name, version=__version__,
+                              max_upload_bytes=settings.max_upload_bytes, timeout_s=settings.timeout_s,
+                              max_phrases=settings.max_phrases, max_phrase_chars=MAX_PHRASE_CHARS)
+
+    @app.get("/api/methods", response_model=MethodsResponse)
+    async def methods() -> MethodsResponse:
+        from weakground.methods import Grounder  # importing the package registers every method
+        from weakground.registry import METHODS
+
+        name = served().name
+        return MethodsResponse(served=name, methods=[
+            MethodInfo(name=n, trainable=METHODS.get(n).trainable, served=n == name) for n in METHODS.names()
+            if issubclass(METHODS.get(n), Grounder)])
+
+    @app.get("/api/demo-photos", response_model=list[DemoPhoto])
+    async def demo_photos() -> list[DemoPhoto]:
+        from weakground.data.demo_photos import demo_photo_names
+
+        return [DemoPhoto(name=n, url=f"/api/demo-photos/{n}") for n in demo_photo_names()]
+
+    @app.get("/api/demo-photos/{name}", response_class=FileResponse, responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}}}, 404: {"model": ErrorResponse}})
+    async def demo_photo(name: str) -> FileResponse:
+        from weakground.data.demo_photos import demo_photo_names, demo_photo_path
+
+        if name not in demo_photo_names():
+            raise HTTPException(404, f"unknown demo photo {name!r}")
+        try:
+            path = demo_photo_path(name)
+        except WeakgroundError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return FileResponse(path, filename=f"{name}{path.suffix}", content_disposition_type="inline")
+
+    @app.post("/api/locate", response_model=LocateResponse, responses=ERRORS)
+    async def locate(
+        image: Annotated[UploadFile, File(description="the photo: PNG, JPEG, TIFF, WebP, GIF, BMP, ...")],
+        phrases: Annotated[list[str], Form(description="the phrases to ground: repeat the field once per "
+                                           "phrase; any language the text encoder knows (e.g. \"café table\")")],
+        threshold: Annotated[float | None, Form(ge=0.0, le=1.0, description="box threshold as a fraction of "
+                                                "each map's peak (default: the method's)")] = None,
+        heatmap_png: Annotated[bool, Form(description="return each phrase's heatmap as PNG")] = True,
+        overlay_png: Annotated[bool, Form(description="return each phrase's drawn overlay as PNG")] = False,
+        image_png: Annotated[bool, Form(description="return the decoded image as PNG (what the model saw: "
+                                        "EXIF-rotated, 8-bit)")] = False,
+    ) -> LocateResponse:
+        loaded = served()
+        phrases = check_phrases(phrases, settings.max_phrases)
+        data = await image.read(settings.max_upload_bytes + 1)
+        name = Path(image.filename or "upload").name or "upload"
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"{name}: over the {settings.max_upload_bytes / 2**20:g} MB upload limit "
+                                "(weakground serve --max-upload-mb)")
+        deadline = time.monotonic() + settings.timeout_s
+        abandoned = threading.Event()
+        want = {"heatmap_png": heatmap_png, "overlay_png": overlay_png, "image_png": image_png}
+        work = asyncio.to_thread(_locate, loaded, data, name, phrases,
+                                 loaded.threshold if threshold is None else threshold, want, deadline, abandoned)
+        try:
+            result = await asyncio.wait_for(work, timeout=settings.timeout_s)
+        except (asyncio.TimeoutError, _Abandoned):
+            abandoned.set()
+            raise HTTPException(504, f"{name}: no answer within {settings.timeout_s:g} s (the server is busy or "
+                                "the image is very large; weakground serve --timeout-s)") from None
+        except InputError as exc:
+            kind = getattr(exc, "kind", None)
+            raise HTTPException(415 if kind == "format" else 400, str(exc)) from None
+        return LocateResponse(**result)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the app with uvicorn until interrupted (what ``weakground serve`` calls)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
