@@ -8,12 +8,11 @@ inference go through one path.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 
 from weakground.errors import InputError
+from weakground.text.tokens import tokenize
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -22,14 +21,6 @@ PHRASE_TEMPLATES = [
     "{d}", "{w}", "digit {d}", "the digit {w}", "number {d}", "the number {w}",
     "a handwritten {w}", "the {w}", "a {d}", "handwritten digit {d}",
 ]
-
-_WORD_RE = re.compile(r"[a-z0-9]+")
-
-
-def tokenize(phrase: str) -> list[str]:
-    """Lower-case alphanumeric words; punctuation and other symbols are dropped."""
-    return _WORD_RE.findall(phrase.lower())
-
 
 def label_phrase(label: int, class_names: list[str], template: int) -> str:
     """The phrase for ``label`` under template number ``template`` (digits get numeral and word forms)."""
