@@ -330,12 +330,15 @@ class Multilevel(Grounder):
         return multilevel_scores(visual, words, mask, self.config.gamma_words, self.config.attention,
                                  self.config.softmax_scale)
 
+    def _match_sentences(self, visual: Tensor, sentence: Tensor) -> MultilevelScores:
+        """Sentence-level results (Eq. 6): the word computation with the sentence as the only word."""
+        ones = torch.ones(sentence.shape[0], 1, dtype=torch.bool, device=sentence.device)
+        return self._match(visual, sentence[:, None], ones)
+
     def _pair_scores(self, visual: Tensor, words: Tensor, mask: Tensor, sentence: Tensor
                      ) -> tuple[MultilevelScores, MultilevelScores]:
         """Word-based (Eqs. 1-5) and sentence-level (Eq. 6) results for every image-text pair."""
-        word_out = self._match(visual, words, mask)
-        ones = torch.ones(sentence.shape[0], 1, dtype=torch.bool, device=sentence.device)
-        return word_out, self._match(visual, sentence[:, None], ones)
+        return self._match(visual, words, mask), self._match_sentences(visual, sentence)
 
     # -- the Grounder interface --------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -372,8 +375,7 @@ class Multilevel(Grounder):
         visual = self.encode_levels(images)
         words, mask, sentence = self.encode_words(list(phrases))
         if self.config.heatmap == "sentence":
-            ones = torch.ones(sentence.shape[0], 1, dtype=torch.bool, device=sentence.device)
-            out, weights = self._match(visual, sentence[:, None], ones), None
+            out, weights = self._match_sentences(visual, sentence), None
         else:
             out = self._match(visual, words, mask)
             weights = self._word_weights(out.pertinence, mask)
@@ -411,10 +413,13 @@ class Multilevel(Grounder):
         columns = []
         for start in range(0, len(texts), self.config.text_chunk):
             words, mask, sentence = self.encode_words(list(texts[start:start + self.config.text_chunk]))
-            word_out, sentence_out = self._pair_scores(visual, words, mask, sentence)
             kind = self.config.score
-            columns.append(word_out.score if kind == "words" else sentence_out.score if kind == "sentence"
-                           else word_out.score + sentence_out.score)
+            score = 0.0
+            if kind in ("words", "both"):
+                score = score + self._match(visual, words, mask).score
+            if kind in ("sentence", "both"):
+                score = score + self._match_sentences(visual, sentence).score
+            columns.append(score)
         if not columns:
             return visual.new_zeros(images.shape[0], 0)
         return torch.cat(columns, dim=1)
