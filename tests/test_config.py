@@ -1,7 +1,9 @@
 import pytest
 
-from weakground.config import ExperimentConfig, config_from_json, load_config, preset_names, to_dict
+from weakground.config import ExperimentConfig, config_from_json, from_dict, load_config, preset_names, to_dict
 from weakground.errors import ConfigError
+import weakground.methods  # noqa: F401  (registers the methods)
+from weakground.registry import METHODS
 
 
 def test_bundled_presets_load():
@@ -10,7 +12,8 @@ def test_bundled_presets_load():
     for name in names:
         config = load_config(name)
         assert isinstance(config, ExperimentConfig)
-        assert config.method.name == "mcb_attention"
+        method = METHODS.get(config.method.name)  # a registered method, whose typed config takes the params
+        from_dict(method.config_class, config.method.params)
 
 
 def test_overrides_are_typed_and_checked():
