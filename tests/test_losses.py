@@ -31,3 +31,33 @@ def test_pair_loss_is_bounded_below():
 def test_attention_sparsity_is_mean_square():
     r = torch.tensor([[[0.0, 1.0], [0.5, 0.5]]])
     assert float(attention_sparsity(r)) == (0 + 1 + 0.25 + 0.25) / 4
+
+
+def test_log_sum_exp_pool_hand_computed_and_masked():
+    from weakground.losses import log_sum_exp_pool
+
+    scores = torch.tensor([[0.2, 0.6, -5.0], [0.3, 0.3, 0.3]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    expected0 = math.log(math.exp(5 * 0.2) + math.exp(5 * 0.6)) / 5  # the masked -5 takes no part
+    expected1 = 0.3 + math.log(3) / 5
+    out = log_sum_exp_pool(scores, mask, gamma=5.0)
+    assert torch.allclose(out, torch.tensor([expected0, expected1]), atol=1e-6)
+    # One word: the pooled score is that word's score; large gamma: the maximum.
+    assert abs(float(log_sum_exp_pool(torch.tensor([0.7]), torch.tensor([True]), 5.0)) - 0.7) < 1e-6
+    assert abs(float(log_sum_exp_pool(scores[:1], mask[:1], 1000.0)) - 0.6) < 1e-3
+
+
+def test_batch_softmax_loss_hand_computed():
+    from weakground.losses import batch_softmax_loss
+
+    r = torch.tensor([[0.5, 0.1], [0.2, 0.4]])
+    g = 10.0
+
+    def nll(pos, others):
+        return -(g * pos - math.log(sum(math.exp(g * o) for o in others)))
+
+    # images compete along columns, captions along rows; mean over the batch
+    caption_given_image = nll(0.5, [0.5, 0.1]) + nll(0.4, [0.2, 0.4])
+    image_given_caption = nll(0.5, [0.5, 0.2]) + nll(0.4, [0.1, 0.4])
+    expected = (caption_given_image + image_given_caption) / 2
+    assert abs(float(batch_softmax_loss(r, g)) - expected) < 1e-5

@@ -83,3 +83,47 @@ def hard_negative_triplet_loss(images: Tensor, texts: Tensor, margin: float = 0.
     else:
         per_pair = wrong_caption.sum(dim=1) + wrong_image.sum(dim=0)
     return per_pair.mean()
+
+
+def log_sum_exp_pool(scores: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """Seed 001's word pooling (Akbari et al., CVPR 2019, Eq. 5): a soft maximum over the valid entries of the
+    last axis,
+
+        R = 1/gamma * log sum_{t: mask_t} exp(gamma * R_t)
+
+    which tends to ``max_t R_t`` as gamma grows and to ``1/gamma log T + mean`` as it shrinks (gamma_1 = 5 in
+    the paper). Computed with ``torch.logsumexp``, so large gamma does not overflow.
+
+    Args:
+        scores: ``[..., T]`` per-word scores R_t.
+        mask: ``[..., T]`` bool (or 0/1), True at real words; every row needs at least one.
+        gamma: gamma_1 > 0.
+
+    Returns:
+        ``[...]`` pooled scores.
+    """
+    masked = scores.float().masked_fill(~mask.bool(), float("-inf"))
+    return torch.logsumexp(gamma * masked, dim=-1) / gamma
+
+
+def batch_softmax_loss(scores: Tensor, gamma: float) -> Tensor:
+    """Seed 001's multimodal loss for one score kind (Akbari et al., Eqs. 7-9), over a batch of B matching
+    image-caption pairs ``(I_b, S_b)``, with ``R[i, j]`` the score of image i and caption j:
+
+        P(S_b | I_b) = exp(gamma R[b, b]) / sum_j exp(gamma R[b, j])     captions compete for an image
+        P(I_b | S_b) = exp(gamma R[b, b]) / sum_i exp(gamma R[i, b])     images compete for a caption
+        L = -1/B sum_b [ log P(S_b | I_b) + log P(I_b | S_b) ]
+
+    The paper sums over the batch; the mean used here only rescales the gradient by 1/B (so the learning rate
+    does not depend on the batch size). gamma_2 = 10 in the paper.
+
+    Args:
+        scores: ``[B, B]`` R (rows: images, columns: captions; row b matches column b).
+        gamma: gamma_2 > 0.
+
+    Returns:
+        A scalar.
+    """
+    logits = gamma * scores.float()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)

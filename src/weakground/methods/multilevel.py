@@ -1,0 +1,439 @@
+"""Seed 001: a multi-level multimodal common semantic space (Akbari et al., "Multi-level Multimodal Common
+Semantic Space for Image-Phrase Grounding", CVPR 2019).
+
+    image --EfficientNet-Lite0 (frozen)--> 4 levels (stride 4/8/16/32) --bilinear--> M x M' each
+          --per level: 3 x (1x1 conv, LeakyReLU 0.25)--> v [L, N, D], l2-normalised            (Sec. 3.1)
+    text  --MiniLM (frozen)--> word vectors --2 FC--> s_t [T, D]; sentence vector --2 FC--> s [D]; l2-normalised
+
+    H[n, t, l] = max(0, <s_t, v_{n,l}>)                  attention: ReLU of the cosine, no softmax    (Eq. 1)
+    a_{t,l}    = sum_n H[n, t, l] v_{n,l}                attended visual feature per word and level  (Eq. 2)
+    R_{t,l}    = cos(s_t, a_{t,l})                       word-image pertinence at level l            (Eq. 3)
+    R_t        = max_l R_{t,l}                           per-word level selection                    (Eq. 4)
+    R_w(S, I)  = 1/g1 log sum_t exp(g1 R_t)              word-based sentence-image score, g1 = 5     (Eq. 5)
+    R_s(S, I)  = max_l cos(s, sum_n max(0, <s, v_{n,l}>) v_{n,l})       sentence-level score        (Eq. 6)
+    L = L_w + L_s, each a softmax over the batch in both directions with g2 = 10   (Eqs. 7-9; losses.py)
+
+The sentence path is the word path with a single "word" (the LSE of one score is that score), so one function,
+:func:`multilevel_scores`, computes both; a phrase's heatmap is the attention map H at each word's selected level,
+averaged over the words with their pertinence R_t as weights (Sec. 4.3, Flickr30K), or the sentence's own map.
+
+Ablations of the paper's Table 4 are settings: one level (``levels: [middle]`` / ``[last]``), linear mappings
+(``nonlinear: false``), softmax attention (``attention: softmax``), a trained BiLSTM over GloVe instead of the
+frozen contextual encoder (``text_encoder: bilstm``). See docs/methods/multilevel.md for the deviations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from weakground.config import BackboneConfig
+from weakground.errors import ConfigError
+from weakground.losses import batch_softmax_loss, log_sum_exp_pool
+from weakground.methods.base import Grounder
+from weakground.registry import METHODS
+
+TAPS = ("c2", "c3", "c4", "c5")  # strides 4/8/16/32 (EfficientNet) or the four ResNet stages
+# The paper's single-level rows use PNASNet's Cell 7 ("middle": the last cell at stride 16) and Cell 11 ("last").
+LEVEL_ALIASES = {"middle": "c4", "last": "c5"}
+IMAGE_ENCODERS = ("efficientnet_lite0", "resnet")
+TEXT_ENCODERS = ("minilm", "bilstm")
+
+
+@dataclass
+class MultilevelConfig:
+    image_encoder: str = "efficientnet_lite0"  # or "resnet" (backbone config, trained from scratch)
+    freeze_image: bool = True  # EfficientNet frozen as in the paper; False: fine-tuned at lr * backbone_lr_mult
+    levels: list[str] = field(default_factory=lambda: list(TAPS))  # names in TAPS (+ "head"), or middle / last
+    grid: int = 0  # M: every level is resized to M x M; 0: to the input's stride-`grid_stride` grid (keeps aspect)
+    grid_stride: int = 8
+    dim: int = 1024  # D, the common space
+    leaky_slope: float = 0.25
+    nonlinear: bool = True  # False: every mapping is one linear layer (the paper's "linear mapping" rows)
+    nonlinear_text: bool = True  # per side, when `nonlinear` is true (the paper's NLT / NLV columns)
+    nonlinear_visual: bool = True
+    attention: str = "relu"  # "relu": H = max(0, cos) (the paper); "softmax": softmax over locations (ablation)
+    softmax_scale: float = 10.0  # softmax attention: softmax_n(scale * cos)
+    text_encoder: str = "minilm"  # or "bilstm": trained BiLSTM over GloVe (ablation)
+    word_units: str = "words"  # MiniLM: "words" (word pieces mean-pooled into words) or "pieces"
+    bilstm_hidden: int = 256  # per direction
+    bilstm_layers: int = 1
+    gamma_words: float = 5.0  # gamma_1 of the word LSE pooling
+    gamma_batch: float = 10.0  # gamma_2 of the batch softmax
+    sentence_loss_weight: float = 1.0  # L = L_w + weight * L_s (1 in the paper)
+    heatmap: str = "words"  # "words": pertinence-weighted word maps; "sentence": the sentence's map
+    word_weights: str = "pertinence"  # "pertinence": R_t / sum R_t (the paper); "softmax": softmax(g1 R_t)
+    score: str = "both"  # scores(): "sentence" (R_s), "words" (R_w) or "both" (R_w + R_s, what the loss trains)
+    text_chunk: int = 64  # texts scored against the images at once in scores()
+
+
+class MultilevelScores(NamedTuple):
+    """Output of :func:`multilevel_scores` for B images and C texts of up to W words.
+
+    Attributes:
+        score: ``[B, C]`` LSE-pooled score (Eq. 5; for a single word, that word's pertinence).
+        pertinence: ``[B, C, W]`` R_t = max_l R_{t,l} (Eq. 4).
+        level: ``[B, C, W]`` long, the selected level per word.
+        attention: ``[B, C, L, N, W]`` H (Eq. 1).
+    """
+
+    score: Tensor
+    pertinence: Tensor
+    level: Tensor
+    attention: Tensor
+
+
+def multilevel_scores(visual: Tensor, words: Tensor, mask: Tensor, gamma: float, attention: str = "relu",
+                      softmax_scale: float = 10.0) -> MultilevelScores:
+    """Multi-level attention, attended features, pertinence, level selection and LSE pooling (Eqs. 1-5).
+
+    Args:
+        visual: ``[B, L, N, D]`` l2-normalised location features v_{n,l} of B images.
+        words: ``[C, W, D]`` l2-normalised word features s_t of C texts (padding rows arbitrary).
+        mask: ``[C, W]`` bool, True at real words (at least one per text).
+        gamma: gamma_1 of the pooling.
+        attention: ``"relu"``: ``H = max(0, <s_t, v_n>)`` (Eq. 1); ``"softmax"``: ``softmax_n(scale <s_t, v_n>)``
+            (the ablation; a distribution over locations of each level).
+        softmax_scale: the softmax's inverse temperature.
+
+    Returns:
+        :class:`MultilevelScores`. Attended features are l2-normalised before the cosine; an all-zero attention
+        (every location dissimilar) gives a zero attended feature and pertinence 0.
+    """
+    cosine = torch.einsum("blnd,cwd->bclnw", visual, words)
+    if attention == "relu":
+        heat = F.relu(cosine)
+    else:
+        heat = torch.softmax(softmax_scale * cosine, dim=3)
+    attended = F.normalize(torch.einsum("bclnw,blnd->bclwd", heat, visual), dim=-1)  # a_{t,l} (Eq. 2)
+    per_level = torch.einsum("bclwd,cwd->bclw", attended, words)  # R_{t,l} (Eq. 3)
+    pertinence, level = per_level.max(dim=2)  # Eq. 4
+    score = log_sum_exp_pool(pertinence, mask[None].expand_as(pertinence), gamma)  # Eq. 5
+    return MultilevelScores(score, pertinence, level, heat)
+
+
+def selected_maps(out: MultilevelScores) -> Tensor:
+    """Each word's attention map at its selected level: ``[B, C, L, N, W] -> [B, C, N, W]``."""
+    b, c, _, n, w = out.attention.shape
+    index = out.level[:, :, None, None, :].expand(b, c, 1, n, w)
+    return out.attention.gather(2, index).squeeze(2)
+
+
+def mapping(in_dim: int, dim: int, layers: int, nonlinear: bool, slope: float) -> nn.Sequential:
+    """The common-space mapping: ``layers`` linear layers of width ``dim`` with LeakyReLU between them, or one
+    linear layer when not ``nonlinear`` (a stack of linear layers is linear anyway). On ``[..., in_dim]`` inputs a
+    linear layer is a 1x1 convolution on channel-last maps, which is how the visual side uses it."""
+    if not nonlinear:
+        return nn.Sequential(nn.Linear(in_dim, dim))
+    modules: list[nn.Module] = []
+    for i in range(layers):
+        modules.append(nn.Linear(in_dim if i == 0 else dim, dim))
+        if i < layers - 1:
+            modules.append(nn.LeakyReLU(slope))
+    return nn.Sequential(*modules)
+
+
+def pieces_to_words(pieces: list[list[str]], length: int) -> tuple[Tensor, Tensor]:
+    """Averaging weights that pool MiniLM word pieces into words.
+
+    A piece starting with ``##`` continues the word before it; ``[CLS]``, ``[SEP]`` and pieces with no letter or
+    digit (punctuation, which BERT splits off as pieces of their own) belong to no word. A text with no word
+    (empty, punctuation only) gets one pseudo-word averaging all its pieces, specials included: MiniLM's own
+    sentence pooling, so every text has a word and the empty text is handled like any other.
+
+    Args:
+        pieces: per text, its pieces including the specials (``TokenEmbeddings.tokens``).
+        length: T, the padded piece count.
+
+    Returns:
+        ``pool [C, W, T]`` (rows sum to 1 for real words) and ``mask [C, W]`` bool.
+    """
+    groups: list[list[list[int]]] = []
+    for text in pieces:
+        words: list[list[int]] = []
+        for i, piece in enumerate(text):
+            if piece in ("[CLS]", "[SEP]") or not any(ch.isalnum() for ch in piece):
+                continue
+            if piece.startswith("##") and words and words[-1][-1] == i - 1:
+                words[-1].append(i)
+            else:
+                words.append([i])
+        groups.append(words or [list(range(len(text)))])
+    n_words = max(len(g) for g in groups)
+    pool = torch.zeros(len(pieces), n_words, length)
+    mask = torch.zeros(len(pieces), n_words, dtype=torch.bool)
+    for c, words in enumerate(groups):
+        for w, idx in enumerate(words):
+            pool[c, w, idx] = 1.0 / len(idx)
+            mask[c, w] = True
+    return pool, mask
+
+
+@METHODS.register("multilevel")
+class Multilevel(Grounder):
+    """Seed 001's multi-level common space (see the module docstring)."""
+
+    name = "multilevel"
+    config_class = MultilevelConfig
+    has_joint_space = True
+    min_image_side = 32
+
+    def __init__(self, config: MultilevelConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
+        super().__init__(config, backbone_config, class_names)
+        self._check_config(config, backbone_config)
+        self.level_names = [LEVEL_ALIASES.get(name, name) for name in config.levels]
+        frozen: list[str] = []
+        # -- image side
+        if config.image_encoder == "efficientnet_lite0":
+            from weakground.vision.efficientnet_lite import EfficientNetLite, pretrained_lite
+
+            if config.freeze_image:
+                self.image_encoder: nn.Module = pretrained_lite(fused=True)  # frozen: the BN-folded shared copy
+                frozen.append("image_encoder")
+            else:
+                self.image_encoder = EfficientNetLite()
+                self.image_encoder.unfreeze()
+            channels = [self.image_encoder.channels[name] for name in self.level_names]
+        else:
+            from weakground.vision.resnet import ResNet
+
+            self.image_encoder = ResNet(backbone_config)
+            channels = [backbone_config.widths[TAPS.index(name)] for name in self.level_names]
+        nonlinear_visual = config.nonlinear and config.nonlinear_visual
+        self.visual_maps = nn.ModuleList(
+            mapping(c, config.dim, 3, nonlinear_visual, config.leaky_slope) for c in channels)
+        # -- text side
+        if config.text_encoder == "minilm":
+            from weakground.text.minilm import DIM, shared_minilm
+
+            self.text_encoder: nn.Module = shared_minilm()
+            frozen.append("text_encoder")
+            text_dim = DIM
+        else:
+            from weakground.text.recurrent import RecurrentTextEncoder
+
+            self.text_encoder = RecurrentTextEncoder(kind="bilstm", hidden=config.bilstm_hidden,
+                                                     layers=config.bilstm_layers)
+            text_dim = self.text_encoder.out_dim
+        nonlinear_text = config.nonlinear and config.nonlinear_text
+        self.word_map = mapping(text_dim, config.dim, 2, nonlinear_text, config.leaky_slope)
+        self.sentence_map = mapping(text_dim, config.dim, 2, nonlinear_text, config.leaky_slope)
+        self.frozen_modules = tuple(frozen)  # instance attribute: depends on the config
+
+    @staticmethod
+    def _check_config(config: MultilevelConfig, backbone_config: BackboneConfig) -> None:
+        def choice(key: str, allowed: tuple[str, ...]) -> None:
+            if getattr(config, key) not in allowed:
+                raise ConfigError(f"method.params.{key} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(config, key)!r}")
+
+        choice("image_encoder", IMAGE_ENCODERS)
+        choice("text_encoder", TEXT_ENCODERS)
+        choice("attention", ("relu", "softmax"))
+        choice("word_units", ("words", "pieces"))
+        choice("heatmap", ("words", "sentence"))
+        choice("word_weights", ("pertinence", "softmax"))
+        choice("score", ("sentence", "words", "both"))
+        allowed = TAPS + (("head",) if config.image_encoder == "efficientnet_lite0" else ())
+        names = [LEVEL_ALIASES.get(n, n) for n in config.levels]
+        bad = [n for n in names if n not in allowed]
+        if not names or bad or len(set(names)) != len(names):
+            raise ConfigError(f"method.params.levels must be distinct names among {', '.join(allowed)} "
+                              f"(or middle / last), got {config.levels!r}")
+        if config.image_encoder == "resnet" and len(backbone_config.widths) != len(TAPS):
+            raise ConfigError(f"image_encoder 'resnet' taps {len(TAPS)} stages; backbone.widths has "
+                              f"{len(backbone_config.widths)}")
+        if backbone_config.in_channels != 3:
+            raise ConfigError(f"method 'multilevel' reads RGB images: set backbone.in_channels to 3, "
+                              f"got {backbone_config.in_channels}")
+        for key in ("dim", "grid_stride", "text_chunk", "bilstm_hidden", "bilstm_layers"):
+            if getattr(config, key) < 1:
+                raise ConfigError(f"method.params.{key} must be >= 1, got {getattr(config, key)}")
+        if config.grid < 0:
+            raise ConfigError(f"method.params.grid must be >= 0 (0: the stride-grid_stride grid), got {config.grid}")
+        for key in ("gamma_words", "gamma_batch", "softmax_scale"):
+            if getattr(config, key) <= 0:
+                raise ConfigError(f"method.params.{key} must be > 0, got {getattr(config, key)}")
+
+    def train(self, mode: bool = True) -> "Multilevel":
+        """Frozen encoders stay in eval mode (their BatchNorm statistics and dropout) while the mappings train."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            getattr(self, name).eval()
+        return self
+
+    # -- encoders ----------------------------------------------------------------------------------------------
+    def _level_maps(self, images: Tensor) -> list[Tensor]:
+        """Raw feature maps ``[B, C_l, h_l, w_l]`` of the configured levels."""
+        if self.config.image_encoder == "resnet":
+            x = self.image_encoder.pool(self.image_encoder.stem(images))
+            stages = {}
+            for name, stage in zip(TAPS, self.image_encoder.stages):
+                x = stage(x)
+                stages[name] = x
+            return [stages[name] for name in self.level_names]
+        grad = torch.is_grad_enabled() and not self.config.freeze_image
+        with torch.set_grad_enabled(grad):
+            feats = self.image_encoder(images, tuple(self.level_names))
+        return [feats[name] for name in self.level_names]
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """M x M' of the common maps for an input of ``height x width`` (see ``MultilevelConfig.grid``)."""
+        if self.config.grid > 0:
+            return self.config.grid, self.config.grid
+        s = self.config.grid_stride
+        return -(-height // s), -(-width // s)
+
+    def encode_levels(self, images: Tensor) -> Tensor:
+        """Image to the common space: ``[B, 3, H, W] -> v [B, L, N, D]``, unit vectors, ``N = M * M'`` in
+        row-major order of the :meth:`grid_size` grid.
+
+        Each level is resized bilinearly to the grid (anti-aliased when it shrinks, so the stride-4 level is
+        averaged rather than subsampled), then mapped by its own 1x1-convolution stack (Sec. 3.1).
+        """
+        size = self.grid_size(*images.shape[-2:])
+        levels = []
+        for raw, mapper in zip(self._level_maps(images), self.visual_maps):
+            raw = F.interpolate(raw.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+            levels.append(mapper(raw.flatten(2).transpose(1, 2)))  # [B, N, D]
+        return F.normalize(torch.stack(levels, dim=1), dim=-1)
+
+    def encode_words(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Texts to the common space: ``words [C, W, D]`` and ``sentence [C, D]`` (unit vectors) and the word
+        ``mask [C, W]`` (bool; at least one word per text, see :func:`pieces_to_words`)."""
+        if self.config.text_encoder == "bilstm":
+            tokens, mask, sentence = self.text_encoder(list(texts))
+        else:
+            out = self.text_encoder.tokens(list(texts))
+            hidden, piece_mask = out.hidden.float(), out.mask.bool()
+            pooled = (hidden * piece_mask[..., None]).sum(1) / piece_mask.sum(1, keepdim=True).clamp_min(1)
+            sentence = F.normalize(pooled, dim=-1)  # MiniLM's own sentence embedding (MiniLM.embed)
+            if self.config.word_units == "words":
+                pool, mask = pieces_to_words(out.tokens, hidden.shape[1])
+                tokens = pool.to(hidden.device) @ hidden
+                mask = mask.to(hidden.device)
+            else:  # every piece but [CLS] / [SEP]; an empty text keeps [CLS] as its only "word"
+                mask = piece_mask.clone()
+                lengths = piece_mask.sum(1)
+                rows = torch.arange(len(texts), device=hidden.device)
+                mask[rows, lengths - 1] = lengths <= 2  # [SEP]
+                mask[:, 0] = lengths <= 2  # [CLS], kept only when nothing else is there
+                tokens = hidden
+        words = F.normalize(self.word_map(tokens), dim=-1)
+        return words, mask, F.normalize(self.sentence_map(sentence), dim=-1)
+
+    def _match(self, visual: Tensor, words: Tensor, mask: Tensor) -> MultilevelScores:
+        return multilevel_scores(visual, words, mask, self.config.gamma_words, self.config.attention,
+                                 self.config.softmax_scale)
+
+    def _match_sentences(self, visual: Tensor, sentence: Tensor) -> MultilevelScores:
+        """Sentence-level results (Eq. 6): the word computation with the sentence as the only word."""
+        ones = torch.ones(sentence.shape[0], 1, dtype=torch.bool, device=sentence.device)
+        return self._match(visual, sentence[:, None], ones)
+
+    def _pair_scores(self, visual: Tensor, words: Tensor, mask: Tensor, sentence: Tensor
+                     ) -> tuple[MultilevelScores, MultilevelScores]:
+        """Word-based (Eqs. 1-5) and sentence-level (Eq. 6) results for every image-text pair."""
+        return self._match(visual, words, mask), self._match_sentences(visual, sentence)
+
+    # -- the Grounder interface --------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Batch: ``images [B, 3, S, S]`` in [0, 1] and ``captions`` (B texts; caption b describes image b).
+
+        ``L = L_w + L_s`` (Eq. 9), each :func:`weakground.losses.batch_softmax_loss` over the ``[B, B]`` scores of
+        every image with every caption of the batch.
+        """
+        images, captions = batch["images"], list(batch["captions"])
+        self.check_images(images)
+        visual = self.encode_levels(images)
+        words, mask, sentence = self.encode_words(captions)
+        word_out, sentence_out = self._pair_scores(visual, words, mask, sentence)
+        loss_words = batch_softmax_loss(word_out.score, self.config.gamma_batch)
+        loss_sentence = batch_softmax_loss(sentence_out.score, self.config.gamma_batch)
+        total = loss_words + self.config.sentence_loss_weight * loss_sentence
+        combined = (word_out.score + sentence_out.score).detach()
+        target = torch.arange(combined.shape[0], device=combined.device)
+        accuracy = ((combined.argmax(1) == target).float().mean() + (combined.argmax(0) == target).float().mean()) / 2
+        return {"total": total, "words": loss_words.detach(), "sentence": loss_sentence.detach(),
+                "accuracy": accuracy}
+
+    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """Phrase maps ``[B, P, M, M']`` in [0, 1] (``relu``; ``softmax`` attention: a distribution per level).
+
+        ``heatmap: words`` (the paper's Flickr30K protocol): ``sum_t w_t H[:, t, l*_t]`` with
+        ``w_t = R_t / sum_t R_t`` (``word_weights: softmax``: ``softmax_t(g1 R_t)``); when every R_t is 0 the
+        words count equally. ``heatmap: sentence`` (ReferIt / Visual Genome): the sentence's map at its level.
+        """
+        self.check_images(images)
+        size = self.grid_size(*images.shape[-2:])
+        if not phrases:
+            return images.new_zeros((images.shape[0], 0) + size)
+        visual = self.encode_levels(images)
+        words, mask, sentence = self.encode_words(list(phrases))
+        if self.config.heatmap == "sentence":
+            out, weights = self._match_sentences(visual, sentence), None
+        else:
+            out = self._match(visual, words, mask)
+            weights = self._word_weights(out.pertinence, mask)
+        maps = selected_maps(out)  # [B, P, N, W]
+        maps = maps[..., 0] if weights is None else (maps * weights[:, :, None, :]).sum(-1)
+        return maps.reshape(images.shape[0], len(phrases), *size).clamp_min(0)
+
+    def _word_weights(self, pertinence: Tensor, mask: Tensor) -> Tensor:
+        """``[B, C, W]`` weights of the word maps (sum 1 over each text's real words)."""
+        mask = mask[None].expand_as(pertinence)
+        if self.config.word_weights == "softmax":
+            return torch.softmax(self.config.gamma_words * pertinence.masked_fill(~mask, float("-inf")), dim=-1)
+        r = pertinence.clamp_min(0) * mask
+        total = r.sum(-1, keepdim=True)
+        uniform = mask / mask.sum(-1, keepdim=True)
+        return torch.where(total > 0, r / total.clamp_min(1e-12), uniform)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``[B, D]``: the mean of the image's mapped location features over all levels and locations,
+        normalised. Its dot product with :meth:`encode_text` is ``cos(s, mean_{n,l} v_{n,l})``, the first-stage
+        approximation of R_s, which attends with ``max(0, <s, v>)`` instead of averaging uniformly."""
+        self.check_images(images)
+        return F.normalize(self.encode_levels(images).mean(dim=(1, 2)), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """``[T, D]``: the mapped, normalised sentence embeddings s."""
+        if not texts:
+            return torch.zeros(0, self.config.dim, device=self.word_map[0].weight.device)
+        return self.encode_words(list(texts))[2]
+
+    def scores(self, images: Tensor, texts: list[str]) -> Tensor:
+        """``[B, T]`` exact scores: R_s, R_w or ``R_w + R_s`` (``MultilevelConfig.score``)."""
+        self.check_images(images)
+        visual = self.encode_levels(images)
+        columns = []
+        for start in range(0, len(texts), self.config.text_chunk):
+            words, mask, sentence = self.encode_words(list(texts[start:start + self.config.text_chunk]))
+            kind = self.config.score
+            score = 0.0
+            if kind in ("words", "both"):
+                score = score + self._match(visual, words, mask).score
+            if kind in ("sentence", "both"):
+                score = score + self._match_sentences(visual, sentence).score
+            columns.append(score)
+        if not columns:
+            return visual.new_zeros(images.shape[0], 0)
+        return torch.cat(columns, dim=1)
+
+    def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+        """Mappings (and a from-scratch ResNet or BiLSTM) at ``lr``; a fine-tuned EfficientNet at
+        ``lr * backbone_lr_mult``; frozen encoders not at all."""
+        frozen = {id(p) for name in self.frozen_modules for p in getattr(self, name).parameters()}
+        pretrained: set[int] = set()
+        if self.config.image_encoder == "efficientnet_lite0" and not self.config.freeze_image:
+            pretrained = {id(p) for p in self.image_encoder.parameters()}
+        head = [p for p in self.parameters() if id(p) not in frozen and id(p) not in pretrained]
+        groups = [{"params": head, "lr": lr, "name": "mappings"}]
+        if pretrained:
+            groups.append({"params": list(self.image_encoder.parameters()), "lr": lr * backbone_lr_mult,
+                           "name": "backbone"})
+        return groups
