@@ -4,6 +4,7 @@ from weakground.methods.base import Grounder, create_method  # noqa: F401
 from weakground.methods import mcb_attention  # noqa: F401  (registers "mcb_attention")
 from weakground.methods import center  # noqa: F401  (registers "center")
 from weakground.methods import bridge  # noqa: F401  (registers "bridge"; its models load on first use)
+from weakground.methods import matchmap  # noqa: F401  (registers "matchmap")
 
 # Listing the registering submodules marks their imports as used (pyflakes ignores noqa).
-__all__ = ["Grounder", "create_method", "mcb_attention", "center", "bridge"]
+__all__ = ["Grounder", "create_method", "mcb_attention", "center", "bridge", "matchmap"]
