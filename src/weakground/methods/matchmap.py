@@ -162,9 +162,10 @@ class Matchmap(FrozenEvalMixin, Grounder):
         self.frozen_modules = ("text_encoder",) + (("image_encoder",) if self.image_encoder.frozen else ())
         channels = self.image_encoder.out_channels
         # 1x1 convolutions act on each region's channel vector alone: linear layers over channels-last features.
+        hidden = config.image_hidden
         self.region_map: nn.Module = (
-            nn.Linear(channels, config.dim) if config.image_hidden == 0 else
-            nn.Sequential(nn.Linear(channels, config.image_hidden), nn.ReLU(), nn.Linear(config.image_hidden, config.dim))
+            nn.Linear(channels, config.dim) if hidden == 0 else
+            nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, config.dim))
         )
         self.word_map = nn.Linear(self.text_encoder.model.config.hidden_size, config.dim)
 
