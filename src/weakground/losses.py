@@ -49,6 +49,60 @@ def attention_sparsity(attention: Tensor) -> Tensor:
     return attention.float().pow(2).mean()
 
 
+RANKING_NEGATIVES = ("random", "hardest", "all")
+
+
+def triplet_ranking_loss(scores: Tensor, margin: float, negatives: str = "hardest",
+                         generator: torch.Generator | None = None) -> Tensor:
+    """Bidirectional hinge (triplet) ranking loss over a batch's image-caption score matrix.
+
+    ``scores[i, j] = S(image_i, caption_j)``; caption i describes image i, so the positives are the diagonal and
+    every other entry of row i (column i) is a negative caption (image) for image i (caption i). With the hinge
+    ``[x]_+ = max(0, x)`` and margin m, anchor i costs
+
+        image -> caption:  [m - S_ii + S_ij]_+      for its negative caption(s) j != i
+        caption -> image:  [m - S_ii + S_ji]_+      for its negative image(s) j != i
+
+    and ``L = 1/B sum_i (cost_i2t(i) + cost_t2i(i))``. The negatives per anchor and direction (seed 003 leaves
+    the "sampling strategy" open):
+
+    * ``"random"``: one j drawn uniformly from the other B-1 items, per anchor and direction (the random
+      impostors of Harwath et al., ECCV 2018, which seed 003 builds on).
+    * ``"hardest"``: ``j = argmax_{j != i} S_ij`` (max of hinges, VSE++, Faghri et al. 2018; seed 002's choice).
+    * ``"all"``: the sum of the hinges over every j != i (VSE, Kiros et al. 2014).
+
+    Args:
+        scores: ``[B, B]`` scores, positives on the diagonal.
+        margin: m.
+        negatives: one of :data:`RANKING_NEGATIVES`.
+        generator: random source for ``"random"`` (the global one when None).
+
+    Returns:
+        A scalar; 0 (with a gradient path) when B < 2.
+    """
+    if negatives not in RANKING_NEGATIVES:
+        raise ValueError(f"negatives must be one of {RANKING_NEGATIVES}, got {negatives!r}")
+    b = scores.shape[0]
+    if scores.dim() != 2 or scores.shape[1] != b:
+        raise ValueError(f"scores must be a square [B, B] matrix, got {tuple(scores.shape)}")
+    if b < 2:
+        return scores.sum() * 0.0
+    s = scores.float()
+    positive = s.diagonal()
+    cost_i2t = F.relu(margin - positive[:, None] + s)  # [i, j]: anchor image i, negative caption j
+    cost_t2i = F.relu(margin - positive[:, None] + s.T)  # [i, j]: anchor caption i, negative image j
+    off_diagonal = ~torch.eye(b, dtype=torch.bool, device=s.device)
+    if negatives == "all":
+        return ((cost_i2t * off_diagonal).sum(1) + (cost_t2i * off_diagonal).sum(1)).mean()
+    if negatives == "hardest":
+        # The hinge is monotone in S_ij, so the largest hinge is the hardest negative's.
+        return (cost_i2t.masked_fill(~off_diagonal, 0).amax(1) + cost_t2i.masked_fill(~off_diagonal, 0).amax(1)).mean()
+    # Adding an offset in [1, B-1] modulo B draws j != i uniformly.
+    rows = torch.arange(b, device=s.device)
+    offsets = torch.randint(1, b, (2, b), generator=generator).to(s.device)
+    return (cost_i2t[rows, (rows + offsets[0]) % b] + cost_t2i[rows, (rows + offsets[1]) % b]).mean()
+
+
 def hard_negative_triplet_loss(images: Tensor, texts: Tensor, margin: float = 0.2, hardest: bool = True) -> Tensor:
     """Seed 002's bidirectional triplet loss on in-batch negatives (Engilberge et al., CVPR 2018, Sec. 3.2;
     the hardest-negative form of VSE++, Faghri et al. 2018).
@@ -71,18 +125,7 @@ def hard_negative_triplet_loss(images: Tensor, texts: Tensor, margin: float = 0.
     Returns:
         A scalar; 0 when B < 2 (no negative).
     """
-    scores = images.float() @ texts.float().T  # [B, B]
-    if scores.shape[0] < 2:
-        return scores.sum() * 0.0
-    positive = scores.diagonal()
-    off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    wrong_caption = F.relu(margin - positive[:, None] + scores) * off_diagonal  # [n, m]: image n, caption m
-    wrong_image = F.relu(margin - positive[None, :] + scores) * off_diagonal  # [m, n]: image m, caption n
-    if hardest:
-        per_pair = wrong_caption.amax(dim=1) + wrong_image.amax(dim=0)
-    else:
-        per_pair = wrong_caption.sum(dim=1) + wrong_image.sum(dim=0)
-    return per_pair.mean()
+    return triplet_ranking_loss(images.float() @ texts.float().T, margin, "hardest" if hardest else "all")
 
 
 def log_sum_exp_pool(scores: Tensor, mask: Tensor, gamma: float) -> Tensor:

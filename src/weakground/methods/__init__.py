@@ -6,6 +6,7 @@ from weakground.methods import center  # noqa: F401  (registers "center")
 from weakground.methods import bridge  # noqa: F401  (registers "bridge"; its models load on first use)
 from weakground.methods import dsve_loc  # noqa: F401  (registers "dsve_loc"; seed 002)
 from weakground.methods import multilevel  # noqa: F401  (registers "multilevel"; seed 001)
+from weakground.methods import matchmap  # noqa: F401  (registers "matchmap"; seed 003)
 
 # Listing the registering submodules marks their imports as used (pyflakes ignores noqa).
-__all__ = ["Grounder", "create_method", "mcb_attention", "center", "bridge", "dsve_loc", "multilevel"]
+__all__ = ["Grounder", "create_method", "mcb_attention", "center", "bridge", "dsve_loc", "multilevel", "matchmap"]

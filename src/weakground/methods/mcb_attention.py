@@ -7,6 +7,9 @@
 Only the image-level label (which digits are in the image) supervises training: the classifier can name the
 queried digit from the attended features only if the attention sits on that digit, so the map learns where the
 digit is. L = L_ce + lambda * L_pair + beta * R (Eqs. 1-3).
+
+With ``query: caption`` the same attention learns from captions instead of labels: constructing
+:class:`MCBAttention` then gives its caption variant, :class:`weakground.methods.mcb_captions.MCBCaptionAttention`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ class MCBAttentionConfig:
     absent_queries: int = 0  # >0: also ask absent labels, to be classified as "absent" (not in the paper)
     mcb_seed: int = 0
     pooling: str = "mean"  # "mean": f' = mean r f (the paper); "normalized": f' = sum r f / sum r
+    # Caption mode (query: caption) only; see weakground.methods.mcb_captions.
+    image_encoder: str = "efficientnet_lite0"  # or "resnet" (from backbone:, trained from scratch)
+    level: str = "c4"  # EfficientNet-Lite level: c3 (stride 8), c4 (16), c5 / head (32)
+    finetune_image_encoder: bool = False  # train EfficientNet too, at lr * backbone_lr_mult
+    joint_dim: int = 256  # the joint image-text space of the ranking loss
+    ranking_margin: float = 0.2  # margin of the triplet ranking loss (on cosines)
+    negatives: str = "hardest"  # in-batch negatives: "random", "hardest" or "all" (losses.triplet_ranking_loss)
 
 
 @METHODS.register("mcb_attention")
@@ -53,25 +63,42 @@ class MCBAttention(Grounder):
     name = "mcb_attention"
     config_class = MCBAttentionConfig
 
+    def __new__(cls, config: MCBAttentionConfig | None = None, *args: Any, **kwargs: Any) -> "MCBAttention":
+        # One registered name, one config: ``query: caption`` selects the caption-trained subclass, so
+        # create_method, checkpoints and the CLI need no special case. (config is None when copy/pickle rebuild.)
+        if cls is MCBAttention and config is not None and config.query == "caption":
+            from weakground.methods.mcb_captions import MCBCaptionAttention
+
+            cls = MCBCaptionAttention
+        return super().__new__(cls)
+
     def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
         super().__init__(config, backbone_config, class_names)
         if config.query not in ("onehot", "phrase"):
-            raise ConfigError(f"method.params.query must be 'onehot' or 'phrase', got {config.query!r}")
-        if config.pooling not in ("mean", "normalized"):
-            raise ConfigError(f"method.params.pooling must be 'mean' or 'normalized', got {config.pooling!r}")
+            raise ConfigError(f"method.params.query must be 'onehot', 'phrase' or 'caption', got {config.query!r}")
+        self._check_pooling()
         self.backbone = build_backbone(backbone_config)
         channels = self.backbone.out_channels
         self.query_encoder: nn.Module = (
             OneHotQuery(class_names) if config.query == "onehot" else BagOfWordsQuery(class_names, config.word_dim)
         )
-        self.query_dense = nn.Linear(self.query_encoder.out_dim, config.query_dim)
+        self._build_attention(channels, self.query_encoder.out_dim)
+        n_outputs = len(class_names) + (1 if config.absent_queries > 0 else 0)
+        self.classifier = nn.Linear(channels, n_outputs)
+
+    def _check_pooling(self) -> None:
+        if self.config.pooling not in ("mean", "normalized"):
+            raise ConfigError(f"method.params.pooling must be 'mean' or 'normalized', got {self.config.pooling!r}")
+
+    def _build_attention(self, channels: int, query_in: int) -> None:
+        """The query's dense layer, MCB fusion and the two 1x1 convolutions (shared with the caption mode)."""
+        config = self.config
+        self.query_dense = nn.Linear(query_in, config.query_dim)
         self.mcb = CompactBilinearPooling(channels, config.query_dim, config.mcb_dim, seed=config.mcb_seed)
         # The two 1x1 convolutions act on each position's d-vector independently: linear layers over the last
         # axis compute the same thing without moving the d axis next to the batch axis.
         self.attention_hidden = nn.Linear(config.mcb_dim, config.hidden)
         self.attention_out = nn.Linear(config.hidden, 1)
-        n_outputs = len(class_names) + (1 if config.absent_queries > 0 else 0)
-        self.classifier = nn.Linear(channels, n_outputs)
 
     # -- grounding ---------------------------------------------------------------------------------------------
     def _query_vectors(self, phrases: list[str]) -> Tensor:
