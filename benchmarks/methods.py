@@ -4,6 +4,7 @@
     python benchmarks/methods.py table --methods dsve_loc    # one row
     python benchmarks/methods.py table --scale gpu           # the <method>_gpu presets (a CUDA machine)
     python benchmarks/methods.py ablations                   # multilevel variants (seed 001's ablation table)
+    python benchmarks/methods.py show                        # print both tables from benchmarks/results/
 
 Every row trains from nothing on the same cached synthetic scenes (sizes below, overriding the presets so all
 methods see the same images) with caption-level supervision only, selects the checkpoint by pointing accuracy
@@ -105,6 +106,7 @@ def ablations(args: argparse.Namespace) -> None:
         row.update(command=command, label=label)
         merge(path, "multilevel", slug, row)
         print(f"{label}: pointing {row['pointing_accuracy']:.3f}")
+    print_ablations(json.loads(path.read_text()))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -125,6 +127,26 @@ def print_table(data: dict) -> None:
         print(f"| {name} baseline | {_fmt(base.get('test'))} | {_fmt(base.get('test_unseen'))} | | | | |")
 
 
+def print_ablations(data: dict) -> None:
+    """The README's ablation table: each variant of ``multilevel`` beside the full model."""
+    rows = data.get("multilevel", {})
+    full = rows.get("full", {}).get("pointing_accuracy")
+    print("\n| variant | pointing (test) | vs full | pointing (unseen) | attn. corr. | T→I R@1 | epochs |")
+    print("|---|---|---|---|---|---|---|")
+    for slug, row in rows.items():
+        delta = "" if full is None or slug == "full" else f"{row['pointing_accuracy'] - full:+.3f}"
+        epochs = next((o.split("=", 1)[1] for o in reversed(row["overrides"]) if o.startswith("train.epochs=")), "")
+        print(f"| {row['label']} | {_fmt(row['pointing_accuracy'])} | {delta} "
+              f"| {_fmt((row['test_unseen'] or {}).get('pointing_accuracy'))} | {_fmt(row['attention_correctness'])} "
+              f"| {_fmt(row['recall'].get('text_to_image', {}).get('R@1'))} | {epochs} |")
+
+
+def show_results(_args: argparse.Namespace) -> None:
+    for name, printer in (("methods.json", print_table), ("ablations.json", print_ablations)):
+        if (RESULTS / name).is_file():
+            printer(json.loads((RESULTS / name).read_text()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +161,8 @@ def main() -> None:
         else:
             p.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
         p.set_defaults(func=func)
+    show = sub.add_parser("show", help="print the README's tables from the committed results, running nothing")
+    show.set_defaults(func=show_results)
     args = parser.parse_args()
     args.func(args)
 
