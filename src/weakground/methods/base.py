@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from weakground.config import BackboneConfig, from_dict
-from weakground.errors import InputError
+from weakground.errors import ConfigError, InputError
 from weakground.registry import METHODS
 
 
@@ -80,6 +80,13 @@ class Grounder(nn.Module):
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
         raise NotImplementedError(f"method {self.name!r} has no joint image-text space")
+
+
+def check_choice(config: Any, key: str, allowed: tuple[str, ...] | list[str]) -> None:
+    """One-line error when ``method.params.<key>`` is not among ``allowed`` (the settings with a fixed set of values)."""
+    value = getattr(config, key)
+    if value not in allowed:
+        raise ConfigError(f"method.params.{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def create_method(

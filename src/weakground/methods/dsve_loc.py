@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import hard_negative_triplet_loss
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, check_choice
 from weakground.registry import METHODS
 from weakground.text.recurrent import RecurrentTextEncoder
 from weakground.vision.efficientnet_lite import LEVELS, EfficientNetLite, pretrained_lite
@@ -191,14 +191,9 @@ class DSVELoc(Grounder):
 def _check(config: DSVELocConfig) -> None:
     """One-line errors for settings with a fixed set of values or a range."""
     where = "method.params"
-    if config.image_encoder not in IMAGE_ENCODERS:
-        raise ConfigError(f"{where}.image_encoder must be one of {', '.join(IMAGE_ENCODERS)}, "
-                          f"got {config.image_encoder!r}")
-    if config.level not in LEVELS:
-        raise ConfigError(f"{where}.level must be one of {', '.join(LEVELS)}, got {config.level!r}")
-    if config.heatmap_floor not in HEATMAP_FLOORS:
-        raise ConfigError(f"{where}.heatmap_floor must be one of {', '.join(HEATMAP_FLOORS)}, "
-                          f"got {config.heatmap_floor!r}")
+    check_choice(config, "image_encoder", IMAGE_ENCODERS)
+    check_choice(config, "level", LEVELS)
+    check_choice(config, "heatmap_floor", HEATMAP_FLOORS)
     if not 0 < config.weldon_max_fraction <= 1 or not 0 <= config.weldon_min_fraction <= 1:
         raise ConfigError(f"{where}: weldon_max_fraction must lie in (0, 1] and weldon_min_fraction in [0, 1]")
     if config.embed_dim < 1:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, triplet_ranking_loss
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, check_choice
 from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
 from weakground.registry import METHODS
 from weakground.text.words import WordEmbeddings, encode_words
@@ -144,14 +144,9 @@ class Matchmap(FrozenEvalMixin, Grounder):
 
     def __init__(self, config: MatchmapConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
         super().__init__(config, backbone_config, class_names)
-        if config.score_pooling not in SCORE_POOLINGS:
-            raise ConfigError(f"method.params.score_pooling must be one of {tuple(SCORE_POOLINGS)}, "
-                              f"got {config.score_pooling!r}")
-        if config.negatives not in RANKING_NEGATIVES:
-            raise ConfigError(f"method.params.negatives must be one of {RANKING_NEGATIVES}, got {config.negatives!r}")
-        if config.heatmap_words not in HEATMAP_WORDS:
-            raise ConfigError(f"method.params.heatmap_words must be one of {HEATMAP_WORDS}, "
-                              f"got {config.heatmap_words!r}")
+        check_choice(config, "score_pooling", tuple(SCORE_POOLINGS))
+        check_choice(config, "negatives", RANKING_NEGATIVES)
+        check_choice(config, "heatmap_words", HEATMAP_WORDS)
         if config.dim < 1 or config.image_hidden < 0:
             raise ConfigError("method.params.dim must be >= 1 and image_hidden >= 0")
         from weakground.text.minilm import shared_minilm

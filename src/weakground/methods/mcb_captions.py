@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from weakground.config import BackboneConfig
-from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, attention_sparsity, triplet_ranking_loss
 from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
+from weakground.methods.base import check_choice
 from weakground.methods.mcb_attention import MCBAttention, MCBAttentionConfig
 
 
@@ -44,8 +44,7 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         # MCBAttention.__init__ builds the label mode's ResNet, label encoder and classifier: skip to the base.
         super(MCBAttention, self).__init__(config, backbone_config, class_names)
         self._check_pooling()
-        if config.negatives not in RANKING_NEGATIVES:
-            raise ConfigError(f"method.params.negatives must be one of {RANKING_NEGATIVES}, got {config.negatives!r}")
+        check_choice(config, "negatives", RANKING_NEGATIVES)
         from weakground.text.minilm import shared_minilm
 
         self.backbone = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,

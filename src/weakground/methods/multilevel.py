@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import batch_softmax_loss, log_sum_exp_pool
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, check_choice
 from weakground.registry import METHODS
 
 TAPS = ("c2", "c3", "c4", "c5")  # strides 4/8/16/32 (EfficientNet) or the four ResNet stages
@@ -226,18 +226,13 @@ class Multilevel(Grounder):
 
     @staticmethod
     def _check_config(config: MultilevelConfig, backbone_config: BackboneConfig) -> None:
-        def choice(key: str, allowed: tuple[str, ...]) -> None:
-            if getattr(config, key) not in allowed:
-                raise ConfigError(f"method.params.{key} must be one of {', '.join(allowed)}, "
-                                  f"got {getattr(config, key)!r}")
-
-        choice("image_encoder", IMAGE_ENCODERS)
-        choice("text_encoder", TEXT_ENCODERS)
-        choice("attention", ("relu", "softmax"))
-        choice("word_units", ("words", "pieces"))
-        choice("heatmap", ("words", "sentence"))
-        choice("word_weights", ("pertinence", "softmax"))
-        choice("score", ("sentence", "words", "both"))
+        check_choice(config, "image_encoder", IMAGE_ENCODERS)
+        check_choice(config, "text_encoder", TEXT_ENCODERS)
+        check_choice(config, "attention", ("relu", "softmax"))
+        check_choice(config, "word_units", ("words", "pieces"))
+        check_choice(config, "heatmap", ("words", "sentence"))
+        check_choice(config, "word_weights", ("pertinence", "softmax"))
+        check_choice(config, "score", ("sentence", "words", "both"))
         allowed = TAPS + (("head",) if config.image_encoder == "efficientnet_lite0" else ())
         names = [LEVEL_ALIASES.get(n, n) for n in config.levels]
         bad = [n for n in names if n not in allowed]
