@@ -31,6 +31,7 @@ from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import hard_negative_triplet_loss
 from weakground.methods.base import Grounder, check_choice
+from weakground.methods.caption_parts import FrozenEvalMixin
 from weakground.registry import METHODS
 from weakground.text.recurrent import RecurrentTextEncoder
 from weakground.vision.efficientnet_lite import LEVELS, EfficientNetLite, pretrained_lite
@@ -63,7 +64,7 @@ class DSVELocConfig:
 
 
 @METHODS.register("dsve_loc")
-class DSVELoc(Grounder):
+class DSVELoc(FrozenEvalMixin, Grounder):
     name = "dsve_loc"
     config_class = DSVELocConfig
     has_joint_space = True
@@ -73,6 +74,7 @@ class DSVELoc(Grounder):
         super().__init__(config, backbone_config, class_names)
         _check(config)
         self.image_frozen = config.image_encoder == "efficientnet_lite0" and not config.finetune_image_encoder
+        # FrozenEvalMixin keeps these in eval mode: their BatchNorm statistics stay the pretrained ones.
         self.frozen_modules = ("image_encoder",) if self.image_frozen else ()
         self.image_encoder: nn.Module
         if config.image_encoder == "resnet":
@@ -93,12 +95,6 @@ class DSVELoc(Grounder):
         self.text_projection: nn.Module = (
             nn.Identity() if self.text_encoder.out_dim == config.embed_dim
             else nn.Linear(self.text_encoder.out_dim, config.embed_dim))
-
-    def train(self, mode: bool = True) -> "DSVELoc":
-        super().train(mode)
-        if self.image_frozen:
-            self.image_encoder.eval()  # frozen BatchNorm statistics stay the pretrained ones
-        return self
 
     # -- the two paths ---------------------------------------------------------------------------------------
     def feature_maps(self, images: Tensor) -> Tensor:

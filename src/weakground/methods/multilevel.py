@@ -35,6 +35,7 @@ from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import batch_softmax_loss, log_sum_exp_pool
 from weakground.methods.base import Grounder, check_choice
+from weakground.methods.caption_parts import FrozenEvalMixin
 from weakground.registry import METHODS
 
 TAPS = ("c2", "c3", "c4", "c5")  # strides 4/8/16/32 (EfficientNet) or the four ResNet stages
@@ -174,7 +175,7 @@ def pieces_to_words(pieces: list[list[str]], length: int) -> tuple[Tensor, Tenso
 
 
 @METHODS.register("multilevel")
-class Multilevel(Grounder):
+class Multilevel(FrozenEvalMixin, Grounder):
     """Seed 001's multi-level common space (see the module docstring)."""
 
     name = "multilevel"
@@ -253,13 +254,6 @@ class Multilevel(Grounder):
         for key in ("gamma_words", "gamma_batch", "softmax_scale"):
             if getattr(config, key) <= 0:
                 raise ConfigError(f"method.params.{key} must be > 0, got {getattr(config, key)}")
-
-    def train(self, mode: bool = True) -> "Multilevel":
-        """Frozen encoders stay in eval mode (their BatchNorm statistics and dropout) while the mappings train."""
-        super().train(mode)
-        for name in self.frozen_modules:
-            getattr(self, name).eval()
-        return self
 
     # -- encoders ----------------------------------------------------------------------------------------------
     def _level_maps(self, images: Tensor) -> list[Tensor]:
