@@ -26,7 +26,9 @@ Batch = dict[str, Any]  # tensors (moved to the device) and, for caption methods
 
 
 def resolve_device(name: str) -> torch.device:
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     if device.type == "cuda":
         # TF32 matrix products: ~8x float32 throughput on Ampere/Hopper, well within this model's noise.
         torch.backends.cuda.matmul.allow_tf32 = True
