@@ -40,7 +40,8 @@ def test_unknown_label_and_bad_images_are_clear_errors(tiny_backbone, digit_name
         create_method("mcb_attention", tiny_backbone, digit_names, {"mcb_size": 3})
 
 
-@pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}, {"pooling": "normalized"}])
+@pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}, {"pooling": "normalized"},
+                                    {"absent_queries": 1, "mining": 0.5}])
 def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names, params):
     model = make(tiny_backbone, digit_names, **params)
     batch = tiny_batch(p=2, a=1)
@@ -56,6 +57,26 @@ def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names
         opt.step()
         losses.append(float(out["total"].detach()))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_mining_term_is_the_queried_digits_probability_outside_the_map(tiny_backbone, digit_names):
+    model = make(tiny_backbone, digit_names, mining=0.5, pooling="normalized").eval()
+    features = torch.rand(2, 4, 3, 3)
+    attention = torch.rand(2, 1, 3, 3)
+    labels = torch.tensor([[3], [7]])
+    with torch.no_grad():
+        model.classifier = torch.nn.Linear(4, 10)
+        got = model.mining_loss(features, attention, labels)
+        # naive reference: pool each image's features with 1 - r by hand, softmax, read the queried class
+        probs = []
+        for b in range(2):
+            rest = 1 - attention[b, 0]
+            pooled = (features[b] * rest).sum(dim=(1, 2)) / (rest.sum() + 1e-3)
+            probs.append(model.classifier(pooled).softmax(-1)[labels[b, 0]])
+    torch.testing.assert_close(got, torch.stack(probs).mean())
+    out = make(tiny_backbone, digit_names, mining=0.5).loss(tiny_batch(p=2))
+    assert "mining" in out and 0 < float(out["mining"]) < 1
+    assert "mining" not in make(tiny_backbone, digit_names).loss(tiny_batch(p=2))  # off by default: the paper's loss
 
 
 def test_training_step_is_deterministic(tiny_backbone, digit_names):

@@ -139,3 +139,5 @@ def test_config_errors():
         make(level="c2")
     with pytest.raises(WeakgroundError, match="'onehot', 'phrase' or 'caption'"):
         make(query="sentence")
+    with pytest.raises(WeakgroundError, match="mining needs a classifier"):
+        make(mining=0.1)

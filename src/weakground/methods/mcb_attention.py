@@ -49,6 +49,9 @@ class MCBAttentionConfig:
     absent_queries: int = 0  # >0: also ask absent labels, to be classified as "absent" (not in the paper)
     mcb_seed: int = 0
     pooling: str = "mean"  # "mean": f' = mean r f (the paper); "normalized": f' = sum r f / sum r
+    # Weight of the attention-mining term (not in the paper; label mode only): the features the map leaves out,
+    # pooled with 1 - r, should not name the queried digit. See MCBAttention.loss.
+    mining: float = 0.0
     # Caption mode (query: caption) only; see weakground.methods.mcb_captions.
     image_encoder: str = "efficientnet_lite0"  # or "resnet" (from backbone:, trained from scratch)
     level: str = "c4"  # EfficientNet-Lite level: c3 (stride 8), c4 (16), c5 / head (32)
@@ -77,6 +80,8 @@ class MCBAttention(Grounder):
         if config.query not in ("onehot", "phrase"):
             raise ConfigError(f"method.params.query must be 'onehot', 'phrase' or 'caption', got {config.query!r}")
         self._check_pooling()
+        if not config.mining >= 0:
+            raise ConfigError(f"method.params.mining must be >= 0, got {config.mining}")
         self.backbone = build_backbone(backbone_config)
         channels = self.backbone.out_channels
         self.query_encoder: nn.Module = (
@@ -201,8 +206,29 @@ class MCBAttention(Grounder):
         sparsity = attention_sparsity(attention)
         total = ce + self.config.lambda_pair * pair + self.config.beta * sparsity
         accuracy = (logits.argmax(-1) == targets).float().mean()
-        return {"total": total, "ce": ce.detach(), "pair": pair.detach(), "sparsity": sparsity.detach(),
-                "accuracy": accuracy.detach()}
+        parts = {"ce": ce.detach(), "pair": pair.detach(), "sparsity": sparsity.detach()}
+        if self.config.mining > 0:
+            mining = self.mining_loss(features, attention[:, :n_present], batch["labels"])
+            total = total + self.config.mining * mining
+            parts["mining"] = mining.detach()
+        return {"total": total, **parts, "accuracy": accuracy.detach()}
+
+    def mining_loss(self, features: Tensor, attention: Tensor, labels: Tensor) -> Tensor:
+        """Mean probability that the features *outside* each present query's map still name the queried digit.
+
+        The classification loss alone is satisfied once the map holds enough of the digit to name it, so maps
+        settle on a digit's most telling strokes and leave the rest (boxes come out small and off-centre). Pooling
+        the complement ``1 - r`` and asking the same classifier *not* to find the digit there pushes the map over
+        the whole digit. This is the attention-mining idea of GAIN (Li et al., "Tell Me Where to Look", CVPR 2018)
+        and of adversarial erasing, applied to backbone features instead of a masked, re-encoded image, so it
+        costs one more pooling rather than another backbone pass.
+
+        Args:
+            features: ``[B, C, h, w]``; attention: ``[B, P, h, w]`` maps of the present queries;
+            labels: ``[B, P]`` the queried digits.
+        """
+        rest_logits = self.classifier(self.pooled(features, 1.0 - attention))
+        return rest_logits.softmax(-1).gather(-1, labels[..., None]).mean()
 
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """The pretrained backbone learns at ``lr * backbone_lr_mult`` (1/10 in the paper), the rest at ``lr``."""

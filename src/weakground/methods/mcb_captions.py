@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from weakground.config import BackboneConfig
+from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, attention_sparsity, triplet_ranking_loss
 from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
 from weakground.methods.base import check_choice
@@ -45,6 +46,9 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         super(MCBAttention, self).__init__(config, backbone_config, class_names)
         self._check_pooling()
         check_choice(config, "negatives", RANKING_NEGATIVES)
+        if config.mining:
+            raise ConfigError("method.params.mining needs a classifier to mine against: it applies to query 'onehot' "
+                              "or 'phrase', not 'caption'")
         from weakground.text.minilm import shared_minilm
 
         self.backbone = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,
