@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.nn import functional as F
 
 from weakground.errors import InputError, WeakgroundError
 from weakground.methods import create_method
@@ -41,7 +42,7 @@ def test_unknown_label_and_bad_images_are_clear_errors(tiny_backbone, digit_name
 
 
 @pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}, {"pooling": "normalized"},
-                                    {"absent_queries": 1, "mining": 0.5}])
+                                    {"absent_queries": 1, "mining": 0.5}, {"mcb_post": "l2"}])
 def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names, params):
     model = make(tiny_backbone, digit_names, **params)
     batch = tiny_batch(p=2, a=1)
@@ -112,18 +113,23 @@ def test_paper_backbone_keeps_input_resolution(digit_names):
     assert pooled.stride == 32 and pooled(torch.rand(1, 1, 64, 64)).shape == (1, 4, 2, 2)
 
 
-@pytest.mark.parametrize("budget", [12 * 12 * 64 * 3, 12 * 12 * 64])  # whole images per chunk; one query per chunk
-def test_chunked_fusion_matches_one_pass_in_values_and_gradients(tiny_backbone, digit_names, monkeypatch, budget):
+# whole images per chunk, then one query per chunk; the widest fused tensor is [.., mcb_dim 64] or [.., hidden 8]
+@pytest.mark.parametrize("post,width", [("signed_sqrt_l2", 64), ("l2", 8)])
+@pytest.mark.parametrize("queries_per_chunk", [3, 1])
+def test_chunked_fusion_matches_one_pass_in_values_and_gradients(tiny_backbone, digit_names, monkeypatch, post,
+                                                                 width, queries_per_chunk):
     import weakground.methods.mcb_attention as mcb_module
 
-    model = make(tiny_backbone, digit_names, queries_per_image=3, absent_queries=1)
+    budget = 12 * 12 * width * queries_per_chunk
+    model = make(tiny_backbone, digit_names, queries_per_image=3, absent_queries=1, mcb_post=post)
     batch = tiny_batch(p=3, a=1)
     maps = model.eval().heatmaps(batch["images"], ["1", "2", "3"])
     whole = model.train().loss(batch)
     whole["total"].backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.load_state_dict(make(tiny_backbone, digit_names, queries_per_image=3, absent_queries=1).state_dict())
+    model.load_state_dict(make(tiny_backbone, digit_names, queries_per_image=3, absent_queries=1,
+                               mcb_post=post).state_dict())
 
     monkeypatch.setattr(mcb_module, "FUSED_ELEMENTS_PER_CHUNK", budget)
     torch.testing.assert_close(model.eval().heatmaps(batch["images"], ["1", "2", "3"]), maps)
@@ -133,3 +139,20 @@ def test_chunked_fusion_matches_one_pass_in_values_and_gradients(tiny_backbone, 
     for name, p in model.named_parameters():
         if name in grads:
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_l2_post_processing_folds_the_first_convolution_into_the_sketch(tiny_backbone, digit_names):
+    """With mcb_post "l2" the map comes from CompactBilinearPooling.fused_linear; it must equal the layers applied
+    to the formed, L2-normalised MCB vectors."""
+    model = make(tiny_backbone, digit_names, mcb_post="l2").eval()
+    images = tiny_batch(p=2)["images"]
+    with torch.no_grad():
+        maps = model.heatmaps(images, ["1", "2"])
+        features = model.backbone(images)
+        queries = model._query_vectors(["1", "2"])
+        fused = model.mcb(features.permute(0, 2, 3, 1)[:, None], queries[None, :, None, None, :])
+        reference = torch.sigmoid(model.attention_out(F.relu(model.attention_hidden(fused))).squeeze(-1))
+    assert torch.allclose(fused.norm(dim=-1), torch.ones(()), atol=1e-4)
+    torch.testing.assert_close(maps, reference, atol=1e-5, rtol=1e-4)
+    with pytest.raises(WeakgroundError, match="mcb_post"):
+        make(tiny_backbone, digit_names, mcb_post="none")

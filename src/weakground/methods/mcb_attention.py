@@ -26,7 +26,7 @@ from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.fusion.mcb import CompactBilinearPooling
 from weakground.losses import attention_sparsity, pair_loss
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, check_choice
 from weakground.registry import METHODS
 from weakground.text.queries import BagOfWordsQuery, OneHotQuery, label_phrase, PHRASE_TEMPLATES
 from weakground.vision.resnet import build_backbone
@@ -48,6 +48,9 @@ class MCBAttentionConfig:
     queries_per_image: int = 1  # present labels asked per image per step (the backbone runs once for all)
     absent_queries: int = 0  # >0: also ask absent labels, to be classified as "absent" (not in the paper)
     mcb_seed: int = 0
+    # After MCB: "signed_sqrt_l2" (Fukui et al.'s MCB), or "l2" alone, which lets the first 1x1 convolution be
+    # folded into the sketch product (CompactBilinearPooling.fused_linear): same function, far less memory.
+    mcb_post: str = "signed_sqrt_l2"
     pooling: str = "mean"  # "mean": f' = mean r f (the paper); "normalized": f' = sum r f / sum r
     # Weight of the attention-mining term (not in the paper; label mode only): the features the map leaves out,
     # pooled with 1 - r, should not name the queried digit. See MCBAttention.loss.
@@ -99,7 +102,9 @@ class MCBAttention(Grounder):
         """The query's dense layer, MCB fusion and the two 1x1 convolutions (shared with the caption mode)."""
         config = self.config
         self.query_dense = nn.Linear(query_in, config.query_dim)
-        self.mcb = CompactBilinearPooling(channels, config.query_dim, config.mcb_dim, seed=config.mcb_seed)
+        check_choice(config, "mcb_post", ("signed_sqrt_l2", "l2"))
+        self.mcb = CompactBilinearPooling(channels, config.query_dim, config.mcb_dim, post=config.mcb_post,
+                                          seed=config.mcb_seed)
         # The two 1x1 convolutions act on each position's d-vector independently: linear layers over the last
         # axis compute the same thing without moving the d axis next to the batch axis.
         self.attention_hidden = nn.Linear(config.mcb_dim, config.hidden)
@@ -127,7 +132,8 @@ class MCBAttention(Grounder):
         """
         b, _, h, w = features.shape
         p = queries.shape[-2]
-        per_pair = h * w * self.config.mcb_dim
+        # the fused path (mcb_post "l2") never forms the d-vectors; its widest tensor is [.., hidden]
+        per_pair = h * w * (self.config.mcb_dim if self.config.mcb_post == "signed_sqrt_l2" else self.config.hidden)
         if b * p * per_pair <= FUSED_ELEMENTS_PER_CHUNK:
             return self._attend(features, queries)
         q_step = max(1, min(p, FUSED_ELEMENTS_PER_CHUNK // per_pair))
@@ -147,12 +153,18 @@ class MCBAttention(Grounder):
         return torch.cat(rows, dim=0)
 
     def _attend(self, features: Tensor, queries: Tensor) -> Tensor:
-        visual = features.permute(0, 2, 3, 1)[:, None]  # [B, 1, h, w, C]
+        h, w = features.shape[-2:]
         if queries.dim() == 2:
             queries = queries[None]
-        text = queries[:, :, None, None, :]  # [B|1, P, 1, 1, q]
-        fused = self.mcb(visual, text)  # [B, P, h, w, d]
-        logits = self.attention_out(F.relu(self.attention_hidden(fused)))
+        if self.config.mcb_post == "signed_sqrt_l2":
+            visual = features.permute(0, 2, 3, 1)[:, None]  # [B, 1, h, w, C]
+            text = queries[:, :, None, None, :]  # [B|1, P, 1, 1, q]
+            hidden = self.attention_hidden(self.mcb(visual, text))  # [B, P, h, w, d] -> [.., hidden]
+        else:
+            visual = features.flatten(2).transpose(1, 2)  # [B, h*w, C]
+            hidden = self.mcb.fused_linear(visual, queries, self.attention_hidden)  # [B, P, h*w, hidden]
+            hidden = hidden.unflatten(2, (h, w))
+        logits = self.attention_out(F.relu(hidden))
         return torch.sigmoid(logits.squeeze(-1))
 
     def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
