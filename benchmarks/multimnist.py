@@ -3,6 +3,7 @@
     python benchmarks/multimnist.py table2 --scale cpu          # 2x2 and 3x3: AP@0.3/0.4/0.5, mAP, avg IoU
     python benchmarks/multimnist.py table1 --scale cpu          # avg IoU for beta x {fine-tuned, from scratch}
     python benchmarks/multimnist.py table2 --scale paper_scale  # the published setting, on a GPU
+    python benchmarks/multimnist.py steptime --scale cpu        # seconds per training step, per MCB post-processing
 
 Each run trains from nothing with the preset named by --scale (``weakground/configs/<scale>.yaml``) and
 scores the test split, composed from digits never seen in training. Results are merged into
@@ -102,17 +103,50 @@ def table1(args: argparse.Namespace) -> None:
               + " | ".join(f"{entry['rows'][scheme][b]['avg_iou']:.2f}" for b in betas) + " |")
 
 
+def steptime(args: argparse.Namespace) -> None:
+    """Seconds per training step (forward + backward, no data loading) of the preset's model, for each
+    ``mcb_post``: the signed square root forms every d-vector; ``l2`` folds the first 1x1 convolution into the
+    sketch product (``CompactBilinearPooling.fused_linear``)."""
+    import torch
+
+    from weakground.data.splits import class_names
+    from weakground.methods import create_method
+
+    entry = {"command": " ".join(["python", "benchmarks/multimnist.py"] + sys.argv[1:]),
+             "machine": machine_description(), "preset": args.scale, "seconds_per_step": {}}
+    for post in ("signed_sqrt_l2", "l2"):
+        config = load_config(args.scale, [f"method.params.mcb_post={post}", *args.set])
+        torch.manual_seed(0)
+        model = create_method(config.method.name, config.backbone, class_names(config.data), config.method.params)
+        params = config.method.params
+        b, side = config.train.batch_size, config.data.grid * 28
+        batch = {"images": torch.rand(b, 1, side, side),
+                 "labels": torch.randint(10, (b, params.get("queries_per_image", 1))),
+                 "absent": torch.randint(10, (b, max(1, params.get("absent_queries", 0))))}
+        times = []
+        for i in range(args.steps + 2):  # two warm-up steps
+            t0 = time.perf_counter()
+            model.loss(batch)["total"].backward()
+            times.append(time.perf_counter() - t0)
+        entry["seconds_per_step"][post] = round(sorted(times[2:])[len(times[2:]) // 2], 3)  # median
+        print(f"mcb_post={post}: {entry['seconds_per_step'][post]:.3f} s per {b}-image step")
+    entry["batch_size"] = b
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "mcb_steptime.json").write_text(json.dumps({args.scale: entry}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["table1", "table2"])
+    parser.add_argument("table", choices=["table1", "table2", "steptime"])
     parser.add_argument("--scale", default="cpu", help="preset: cpu (2 CPU cores) or paper_scale (GPU)")
     parser.add_argument("--grids", type=int, nargs="+", default=[2, 3], help="table2: grid sizes")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2], help="table1: beta values")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--runs", default="runs/benchmarks", help="where run directories go")
+    parser.add_argument("--steps", type=int, default=5, help="steptime: timed steps per setting")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    {"table1": table1, "table2": table2}[args.table](args)
+    {"table1": table1, "table2": table2, "steptime": steptime}[args.table](args)
 
 
 if __name__ == "__main__":
