@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -114,23 +115,28 @@ def steptime(args: argparse.Namespace) -> None:
 
     entry = {"command": " ".join(["python", "benchmarks/multimnist.py"] + sys.argv[1:]),
              "machine": machine_description(), "preset": args.scale, "seconds_per_step": {}}
+    batch_size = load_config(args.scale, args.set).train.batch_size
+    entry["batch_size"] = batch_size
     for post in ("signed_sqrt_l2", "l2"):
         config = load_config(args.scale, [f"method.params.mcb_post={post}", *args.set])
         torch.manual_seed(0)
-        model = create_method(config.method.name, config.backbone, class_names(config.data), config.method.params)
+        names = class_names(config.data)
+        n_classes = len(names)
+        model = create_method(config.method.name, config.backbone, names, config.method.params)
         params = config.method.params
-        b, side = config.train.batch_size, config.data.grid * 28
-        batch = {"images": torch.rand(b, 1, side, side),
-                 "labels": torch.randint(10, (b, params.get("queries_per_image", 1))),
-                 "absent": torch.randint(10, (b, max(1, params.get("absent_queries", 0))))}
+        side = config.data.grid * 28  # multi-MNIST digits are 28 px
+        batch = {"images": torch.rand(batch_size, 1, side, side),
+                 "labels": torch.randint(n_classes, (batch_size, params.get("queries_per_image", 1))),
+                 "absent": torch.randint(n_classes, (batch_size, max(1, params.get("absent_queries", 0))))}
+        for _ in range(2):  # warm-up
+            model.loss(batch)["total"].backward()
         times = []
-        for i in range(args.steps + 2):  # two warm-up steps
+        for _ in range(args.steps):
             t0 = time.perf_counter()
             model.loss(batch)["total"].backward()
             times.append(time.perf_counter() - t0)
-        entry["seconds_per_step"][post] = round(sorted(times[2:])[len(times[2:]) // 2], 3)  # median
-        print(f"mcb_post={post}: {entry['seconds_per_step'][post]:.3f} s per {b}-image step")
-    entry["batch_size"] = b
+        entry["seconds_per_step"][post] = round(float(statistics.median(times)), 3)
+        print(f"mcb_post={post}: {entry['seconds_per_step'][post]:.3f} s per {batch_size}-image step")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mcb_steptime.json").write_text(json.dumps({args.scale: entry}, indent=2) + "\n")
 

@@ -134,7 +134,7 @@ class MCBAttention(Grounder):
         b, _, h, w = features.shape
         p = queries.shape[-2]
         # the fused path (mcb_post "l2") never forms the d-vectors; its widest tensor is [.., hidden]
-        per_pair = h * w * (self.config.mcb_dim if self.config.mcb_post == "signed_sqrt_l2" else self.config.hidden)
+        per_pair = h * w * (self.config.hidden if self.mcb.fuses_linear else self.config.mcb_dim)
         if b * p * per_pair <= FUSED_ELEMENTS_PER_CHUNK:
             return self._attend(features, queries)
         q_step = max(1, min(p, FUSED_ELEMENTS_PER_CHUNK // per_pair))
@@ -157,14 +157,14 @@ class MCBAttention(Grounder):
         h, w = features.shape[-2:]
         if queries.dim() == 2:
             queries = queries[None]
-        if self.config.mcb_post == "signed_sqrt_l2":
-            visual = features.permute(0, 2, 3, 1)[:, None]  # [B, 1, h, w, C]
-            text = queries[:, :, None, None, :]  # [B|1, P, 1, 1, q]
-            hidden = self.attention_hidden(self.mcb(visual, text))  # [B, P, h, w, d] -> [.., hidden]
-        else:
+        if self.mcb.fuses_linear:
             visual = features.flatten(2).transpose(1, 2)  # [B, h*w, C]
             hidden = self.mcb.fused_linear(visual, queries, self.attention_hidden)  # [B, P, h*w, hidden]
             hidden = hidden.unflatten(2, (h, w))
+        else:
+            visual = features.permute(0, 2, 3, 1)[:, None]  # [B, 1, h, w, C]
+            text = queries[:, :, None, None, :]  # [B|1, P, 1, 1, q]
+            hidden = self.attention_hidden(self.mcb(visual, text))  # [B, P, h, w, d] -> [.., hidden]
         logits = self.attention_out(F.relu(hidden))
         return torch.sigmoid(logits.squeeze(-1))
 
