@@ -11,6 +11,7 @@ from weakground.methods.base import Grounder
 from weakground.registry import METHODS
 
 SEEN_BATCHES: list[dict] = []
+HEATMAP_INPUT_SIZES: list[tuple[int, int]] = []  # (H, W) the probe's heatmaps read, after prepare_images
 
 
 @dataclass
@@ -47,6 +48,8 @@ class CaptionProbe(Grounder):
         return self.encode_image(images) @ self.encode_text(texts).T
 
     def heatmaps(self, images, phrases):
+        images = self.prepare_images(images)
+        HEATMAP_INPUT_SIZES.append(tuple(images.shape[-2:]))
         return torch.einsum("bchw,pc->bphw", self.conv(images), self._text(phrases)).relu()
 
     def loss(self, batch):

@@ -9,9 +9,9 @@ import torch
 from weakground.config import ExperimentConfig, from_dict
 from weakground.engine.caption_pipeline import (CaptionTrainSet, caption_batches, dataset_spec,
                                                 load_caption_train_set, scenes_root)
-from weakground.engine.pipeline import load_grounder, run_experiment
+from weakground.engine.pipeline import load_grounder, run_experiment, set_input_size
 from weakground.errors import ConfigError
-from probe_method import SEEN_BATCHES, CaptionProbe, ProbeConfig
+from probe_method import HEATMAP_INPUT_SIZES, SEEN_BATCHES, CaptionProbe, ProbeConfig
 
 def _config(**data):
     return from_dict(ExperimentConfig, {
@@ -74,7 +74,10 @@ def test_batches_are_deterministic_per_rng():
 
 def test_caption_experiment_trains_without_boxes_and_scores_both_test_splits(cache, tmp_path):
     SEEN_BATCHES.clear()
+    HEATMAP_INPUT_SIZES.clear()
     report = run_experiment(_config(), tmp_path / "run", progress=False)
+    # validation and test read the scenes' 128-224 px images as training did: resized to the 64 px square
+    assert HEATMAP_INPUT_SIZES and set(HEATMAP_INPUT_SIZES) == {(64, 64)}
     assert SEEN_BATCHES and all(set(b) == {"images", "captions"} for b in SEEN_BATCHES)
     assert len(SEEN_BATCHES) == 2 * 3  # 2 epochs x (12 images // batch 4)
     for split in ("test", "test_unseen"):
@@ -90,6 +93,38 @@ def test_caption_experiment_trains_without_boxes_and_scores_both_test_splits(cac
     fresh = CaptionProbe(ProbeConfig(), config.backbone, [])
     assert config.method.name == "_caption_probe"
     assert not torch.equal(model.conv.weight, fresh.conv.weight)  # the checkpoint holds trained weights
+    assert model.input_size == 64
+
+
+def test_input_size_follows_the_config_and_resizes_like_training():
+    from PIL import Image
+
+    model = CaptionProbe(ProbeConfig(), _config().backbone, [])
+    set_input_size(model, _config(image_size=48))
+    assert model.input_size == 48
+    set_input_size(model, _config(image_size=48, eval_resize=False))
+    assert model.input_size is None
+    image = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    assert model.prepare_images(tensor) is tensor  # no size set: as given
+    model.input_size = 48
+    resized = model.prepare_images(tensor)
+    assert resized.shape == (1, 3, 48, 48)
+    # the pixels training sees (PIL bilinear on uint8, load_caption_train_set), up to uint8 rounding
+    trained = np.asarray(Image.fromarray(image).resize((48, 48), Image.BILINEAR)).astype(np.float32) / 255
+    assert np.abs(resized[0].permute(1, 2, 0).numpy() - trained).max() < 1 / 255
+    assert model.prepare_images(resized) is resized  # already the square: untouched
+    assert model.heatmaps(tensor, ["a red circle"]).shape == (1, 1, 48, 48)
+
+
+def test_label_trained_methods_read_images_at_their_own_size():
+    from weakground.config import load_config
+    from weakground.methods import create_method
+
+    config = load_config("quickstart")
+    model = create_method("mcb_attention", config.backbone, [str(d) for d in range(10)], config.method.params)
+    set_input_size(model, config)
+    assert model.input_size is None
 
 
 def test_a_method_without_a_joint_space_is_refused_before_any_file(cache, tmp_path):

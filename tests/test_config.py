@@ -55,3 +55,12 @@ def test_saved_config_round_trips_and_must_be_complete():
     del data["train"]["lr"]
     with pytest.raises(ConfigError, match="missing key 'lr'"):
         config_from_json(json.dumps(data), "ckpt")
+
+
+def test_checkpoints_from_before_a_later_key_load_with_its_old_behaviour():
+    import json
+
+    data = to_dict(load_config("multilevel_cpu"))
+    assert data["data"]["eval_resize"] is True  # the default now
+    del data["data"]["eval_resize"]
+    assert config_from_json(json.dumps(data), "ckpt").data.eval_resize is False  # how older runs evaluated

@@ -39,7 +39,11 @@ class DataConfig:
     seed: int = 0
     # Caption datasets (name "scenes", generated and cached, or a reader format such as "flickr30k_entities"):
     path: str = ""  # the dataset root for a reader format; unused for the synthetic sets
-    image_size: int = 128  # training images are resized to image_size x image_size (evaluation reads full size)
+    image_size: int = 128  # training images are resized to image_size x image_size
+    # Caption-trained methods: eval, locate, retrieve and serve resize every image to the same image_size square
+    # before the method sees it (the map is then resized back to the image), so objects have the scale and
+    # aspect the method was trained on; false: images at their own size. See Grounder.input_size.
+    eval_resize: bool = True
     n_test_unseen: int = 0  # scenes: images of held-out colour-category pairs, scored as a second test split
 
 
@@ -252,9 +256,20 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Exp
     return from_dict(ExperimentConfig, data, str(path))
 
 
+# Keys added after checkpoints were first written, with the value that reproduces how those older checkpoints
+# behaved. A saved config must otherwise name every key (see from_dict's require_all).
+LATER_KEYS: dict[tuple[str, str], Any] = {
+    ("data", "eval_resize"): False,  # before it existed, evaluation read images at their own size
+}
+
+
 def config_from_json(text: str, where: str) -> ExperimentConfig:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict):
+        for (section, key), legacy in LATER_KEYS.items():
+            if isinstance(data.get(section), dict):
+                data[section].setdefault(key, legacy)
     return from_dict(ExperimentConfig, data, where, require_all=True)

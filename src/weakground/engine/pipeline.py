@@ -160,7 +160,15 @@ def load_grounder(path: Path, device: torch.device | str = "cpu") -> tuple[Groun
         raise CheckpointError(f"{path}: metadata names method {meta['method']!r} but its config {config.method.name!r}")
     model = create_method(meta["method"], config.backbone, meta["class_names"], config.method.params)
     load_weights(path, model, state)
+    set_input_size(model, config)
     return model.to(device).eval(), config
+
+
+def set_input_size(model: Grounder, config: ExperimentConfig) -> None:
+    """Caption-trained methods see images resized to the training square when ``data.eval_resize`` is on (see
+    :attr:`Grounder.input_size`); label-trained ones (multi-MNIST) read images at the size they come in."""
+    caption_trained = bool(getattr(model, "has_joint_space", False))
+    model.input_size = config.data.image_size if caption_trained and config.data.eval_resize else None
 
 
 def replace_data(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:

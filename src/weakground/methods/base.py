@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from weakground.config import BackboneConfig, from_dict
 from weakground.errors import ConfigError, InputError
@@ -37,6 +38,12 @@ class Grounder(nn.Module):
         self.class_names = list(class_names)
 
     min_image_side: ClassVar[int] = 16
+    # Side of the square every image is resized to before the method sees it (None: as given). Caption methods
+    # train on data.image_size squares; their frozen encoders' features and the mappings learned on them suit
+    # that scale, and on the scenes a method reading a 224-px image at its own size points worse than reading
+    # it resized (benchmarks/methods.py). The caption pipeline and load_grounder set it from the config
+    # (data.image_size, data.eval_resize); prepare_images applies it.
+    input_size: int | None = None
 
     def check_images(self, images: Tensor) -> None:
         """Reject images the method cannot read, with one line saying what is wrong."""
@@ -50,6 +57,16 @@ class Grounder(nn.Module):
                              f"{self.min_image_side} px for method {self.name!r}")
         if not torch.isfinite(images).all():
             raise InputError("images contain NaN or infinite values")
+
+    def prepare_images(self, images: Tensor) -> Tensor:
+        """:meth:`check_images`, then the :attr:`input_size` square, resized as training resized its images
+        (bilinear with antialiasing, like PIL's bilinear resize); unchanged when no size is set or it already fits.
+        Heatmaps come out at the square's feature grid: callers resize them to the image as always."""
+        self.check_images(images)
+        size = self.input_size
+        if size is None or tuple(images.shape[-2:]) == (size, size):
+            return images
+        return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
     def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
         """Ground every phrase in every image.

@@ -99,7 +99,7 @@ class DSVELoc(FrozenEvalMixin, Grounder):
     # -- the two paths ---------------------------------------------------------------------------------------
     def feature_maps(self, images: Tensor) -> Tensor:
         """``G``: ``[B, 3, H, W]`` in [0, 1] -> ``[B, C, h, w]`` convolutional activations."""
-        self.check_images(images)
+        images = self.prepare_images(images)
         if self.config.image_encoder == "resnet":
             return self.image_encoder(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):

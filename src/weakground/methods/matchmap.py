@@ -185,7 +185,7 @@ class Matchmap(FrozenEvalMixin, Grounder):
         """``[B, P, h, w]`` maps at the encoder's grid (stride 16 for c4). Phrases are encoded alone; an empty or
         punctuation-only phrase has no word and gets a zero map; unknown words are word pieces MiniLM still
         embeds, so they get a map like any other word."""
-        self.check_images(images)
+        images = self.prepare_images(images)
         regions, (h, w) = self.regions(images)
         if not phrases:
             return regions.new_zeros(images.shape[0], 0, h, w)
@@ -195,7 +195,7 @@ class Matchmap(FrozenEvalMixin, Grounder):
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
         """The exact matchmap score ``[B, T]`` (:func:`matchmap_score` with ``score_pooling``)."""
-        self.check_images(images)
+        images = self.prepare_images(images)
         regions, _ = self.regions(images)
         if not texts:
             return regions.new_zeros(images.shape[0], 0)
@@ -209,7 +209,7 @@ class Matchmap(FrozenEvalMixin, Grounder):
         axes) of unnormalised means, not the paper's max-over-regions score, which :meth:`scores` computes exactly
         for re-ranking.
         """
-        self.check_images(images)
+        images = self.prepare_images(images)
         regions, _ = self.regions(images)
         return F.normalize(regions.mean(1), dim=-1)
 

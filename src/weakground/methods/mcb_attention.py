@@ -169,7 +169,7 @@ class MCBAttention(Grounder):
         return torch.sigmoid(logits.squeeze(-1))
 
     def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
-        self.check_images(images)
+        images = self.prepare_images(images)
         if not phrases:
             return images.new_zeros((images.shape[0], 0) + tuple(images.shape[-2:]))
         features = self.backbone(images)

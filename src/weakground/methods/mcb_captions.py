@@ -94,7 +94,7 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
         """The exact score ``[B, T]``: every image attended with every text (f' depends on the query), so the cost
         grows with B x T; the MCB fusion is chunked inside :meth:`attend`."""
-        self.check_images(images)
+        images = self.prepare_images(images)
         if not texts:
             return images.new_zeros(images.shape[0], 0)
         return self._scores_and_attention(images, texts)[0]
@@ -106,7 +106,7 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         ``pooling: normalized`` f' is a weighted average of the same features, so the two agree up to where the
         attention looks; with ``pooling: mean`` f' is also scaled by the attention mass.
         """
-        self.check_images(images)
+        images = self.prepare_images(images)
         return F.normalize(self.image_proj(self.backbone(images).mean(dim=(2, 3))), dim=-1)
 
     def encode_text(self, texts: list[str]) -> Tensor:

@@ -337,7 +337,7 @@ class Multilevel(FrozenEvalMixin, Grounder):
         every image with every caption of the batch.
         """
         images, captions = batch["images"], list(batch["captions"])
-        self.check_images(images)
+        images = self.prepare_images(images)
         visual = self.encode_levels(images)
         words, mask, sentence = self.encode_words(captions)
         word_out, sentence_out = self._pair_scores(visual, words, mask, sentence)
@@ -357,7 +357,7 @@ class Multilevel(FrozenEvalMixin, Grounder):
         ``w_t = R_t / sum_t R_t`` (``word_weights: softmax``: ``softmax_t(g1 R_t)``); when every R_t is 0 the
         words count equally. ``heatmap: sentence`` (ReferIt / Visual Genome): the sentence's map at its level.
         """
-        self.check_images(images)
+        images = self.prepare_images(images)
         size = self.grid_size(*images.shape[-2:])
         if not phrases:
             return images.new_zeros((images.shape[0], 0) + size)
@@ -386,7 +386,7 @@ class Multilevel(FrozenEvalMixin, Grounder):
         """``[B, D]``: the mean of the image's mapped location features over all levels and locations,
         normalised. Its dot product with :meth:`encode_text` is ``cos(s, mean_{n,l} v_{n,l})``, the first-stage
         approximation of R_s, which attends with ``max(0, <s, v>)`` instead of averaging uniformly."""
-        self.check_images(images)
+        images = self.prepare_images(images)
         return F.normalize(self.encode_levels(images).mean(dim=(1, 2)), dim=-1)
 
     def encode_text(self, texts: list[str]) -> Tensor:
@@ -397,7 +397,7 @@ class Multilevel(FrozenEvalMixin, Grounder):
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
         """``[B, T]`` exact scores: R_s, R_w or ``R_w + R_s`` (``MultilevelConfig.score``)."""
-        self.check_images(images)
+        images = self.prepare_images(images)
         visual = self.encode_levels(images)
         columns = []
         for start in range(0, len(texts), self.config.text_chunk):
