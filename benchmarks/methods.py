@@ -4,7 +4,8 @@
     python benchmarks/methods.py table --methods dsve_loc    # one row
     python benchmarks/methods.py table --scale gpu           # the <method>_gpu presets (a CUDA machine)
     python benchmarks/methods.py ablations                   # multilevel variants (seed 001's ablation table)
-    python benchmarks/methods.py show                        # print both tables from benchmarks/results/
+    python benchmarks/methods.py inference                   # inference settings, on the checkpoints `table` trained
+    python benchmarks/methods.py show                        # print the tables from benchmarks/results/
 
 Every row trains from nothing on the same cached synthetic scenes (sizes below, overriding the presets so all
 methods see the same images) with caption-level supervision only, selects the checkpoint by pointing accuracy
@@ -13,6 +14,11 @@ retrieval gallery for Recall@K) and ``test_unseen`` (held-out pairs) with the de
 the bilinearly resized map, tolerance 0 px, any box of the phrase, no area filter, every phrase mention one query.
 Results merge into ``benchmarks/results/methods.json`` (``ablations.json``) after every finished row, each row with
 its command and machine.
+
+``inference`` trains nothing: it reloads each method's best checkpoint from ``table``'s run directories and scores
+the *validation* images under each inference setting that needs no retraining (images at their own size or
+resized to the training square, ``data.eval_resize``; the method's phrase-heatmap choices), so the presets' choices
+are made on validation images, never on test (``benchmarks/results/inference.json``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ PRESETS = {"mcb_attention": "mcb_attention_captions"}  # the method's caption-mo
 # colour-category pairs.
 DATA = ["data.name=scenes", "data.n_train=4000", "data.n_val=200", "data.n_test=1000", "data.n_test_unseen=500",
         "data.seed=0", "train.epochs=6"]
+# Phrase-heatmap settings that need no retraining, per method (label -> method.params changes), for `inference`.
+HEATMAP_SETTINGS = {
+    "multilevel": {"word maps": {"heatmap": "words"}, "sentence map": {"heatmap": "sentence"}},
+    "matchmap": {"mean of words": {"heatmap_words": "mean"}, "max-weighted words": {"heatmap_words": "max_weighted"}},
+    "dsve_loc": {"relu floor": {"heatmap_floor": "relu"}, "min floor": {"heatmap_floor": "min"}},
+    "mcb_attention": {"attention map": {}},
+}
 # seed 001's ablations as overrides of the multilevel preset (name -> settings); see docs of the method.
 ABLATIONS = {  # slug -> (the README's label, overrides)
     "full": ("full model", []),
@@ -109,6 +122,45 @@ def ablations(args: argparse.Namespace) -> None:
     print_ablations(json.loads(path.read_text()))
 
 
+def inference(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from weakground.engine.caption_pipeline import dataset_spec
+    from weakground.engine.phrase_eval import evaluate_phrase_grounding
+    from weakground.engine.pipeline import load_grounder
+
+    command = " ".join(["python", "benchmarks/methods.py"] + sys.argv[1:])
+    path = RESULTS / "inference.json"
+    for method in args.methods:
+        checkpoint = Path(args.runs) / f"{PRESETS.get(method, method)}_{args.scale}" / "checkpoints" / "train_best.safetensors"
+        if not checkpoint.is_file():
+            sys.exit(f"{checkpoint}: no checkpoint; run `python benchmarks/methods.py table --methods {method}` first")
+        model, config = load_grounder(checkpoint)
+        spec = dataset_spec(config.data)
+        trained = model.config
+        row = {"checkpoint": str(checkpoint), "split": "val", "n_images": config.data.n_val,
+               "image_size": config.data.image_size, "pointing_accuracy": {}, "command": command,
+               "machine": machine_description()}
+        for label, params in HEATMAP_SETTINGS[method].items():
+            model.config = dataclasses.replace(trained, **params)  # read at call time by heatmaps()
+            for resize in (False, True):
+                model.input_size = config.data.image_size if resize else None
+                report = evaluate_phrase_grounding(model, spec, "val", max_images=config.data.n_val)
+                key = f"{label}, {'resized to the training square' if resize else 'own size'}"
+                row["pointing_accuracy"][key] = round(report["pointing_accuracy"], 4)
+                print(f"{method}: {key}: pointing {report['pointing_accuracy']:.3f}")
+        merge(path, "methods", method, row)
+    print_inference(json.loads(path.read_text()))
+
+
+def print_inference(data: dict) -> None:
+    print("\n| method | inference setting | pointing (val) |")
+    print("|---|---|---|")
+    for method, row in data.get("methods", {}).items():
+        for key, value in row["pointing_accuracy"].items():
+            print(f"| {method} | {key} | {_fmt(value)} |")
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -142,7 +194,8 @@ def print_ablations(data: dict) -> None:
 
 
 def show_results(_args: argparse.Namespace) -> None:
-    for name, printer in (("methods.json", print_table), ("ablations.json", print_ablations)):
+    for name, printer in (("methods.json", print_table), ("ablations.json", print_ablations),
+                          ("inference.json", print_inference)):
         if (RESULTS / name).is_file():
             printer(json.loads((RESULTS / name).read_text()))
 
@@ -161,6 +214,12 @@ def main() -> None:
         else:
             p.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
         p.set_defaults(func=func)
+    p = sub.add_parser("inference", help="score validation images under each inference setting, reusing the "
+                                         "checkpoints `table` trained")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--runs", default="runs/benchmarks", help="where `table` put its run directories")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.set_defaults(func=inference)
     show = sub.add_parser("show", help="print the README's tables from the committed results, running nothing")
     show.set_defaults(func=show_results)
     args = parser.parse_args()
