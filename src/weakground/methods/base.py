@@ -40,9 +40,9 @@ class Grounder(nn.Module):
     min_image_side: ClassVar[int] = 16
     # Side of the square every image is resized to before the method sees it (None: as given). Caption methods
     # train on data.image_size squares; their frozen encoders' features and the mappings learned on them suit
-    # that scale, and on the scenes a method reading a 224-px image at its own size points worse than reading
-    # it resized (benchmarks/methods.py). The caption pipeline and load_grounder set it from the config
-    # (data.image_size, data.eval_resize); prepare_images applies it.
+    # that scale: on the scenes, multilevel and matchmap point better reading a 224-px image resized than at its
+    # own size (dsve_loc does not; `python benchmarks/methods.py inference`). The caption pipeline and
+    # load_grounder set it from the config (data.image_size, data.eval_resize); prepare_images applies it.
     input_size: int | None = None
 
     def check_images(self, images: Tensor) -> None:
