@@ -17,13 +17,15 @@ its command and machine.
 
 ``inference`` trains nothing: it reloads each method's best checkpoint from ``table``'s run directories and scores
 the *validation* images under each inference setting that needs no retraining (images at their own size or
-resized to the training square, ``data.eval_resize``; the method's phrase-heatmap choices), so the presets' choices
-are made on validation images, never on test (``benchmarks/results/inference.json``).
+resized to the training square, ``data.eval_resize``; one pass or the average of 2x2 copies shifted by half the
+feature stride, ``eval.shift_average``; the method's phrase-heatmap choices), so the presets' choices are made on
+validation images, never on test (``benchmarks/results/inference.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -47,6 +49,7 @@ HEATMAP_SETTINGS = {
     "dsve_loc": {"relu floor": {"heatmap_floor": "relu"}, "min floor": {"heatmap_floor": "min"}},
     "mcb_attention": {"attention map": {}},
 }
+SHIFT_AVERAGES = (1, 2)  # eval.shift_average values `inference` tries: one pass, or 2x2 copies shifted by half a stride
 # seed 001's ablations as overrides of the multilevel preset (name -> settings); see docs of the method.
 ABLATIONS = {  # slug -> (the README's label, overrides)
     "full": ("full model", []),
@@ -143,10 +146,12 @@ def inference(args: argparse.Namespace) -> None:
                "machine": machine_description()}
         for label, params in HEATMAP_SETTINGS[method].items():
             model.config = dataclasses.replace(trained, **params)  # read at call time by heatmaps()
-            for resize in (False, True):
+            for resize, shifts in itertools.product((False, True), SHIFT_AVERAGES):
                 model.input_size = config.data.image_size if resize else None
+                model.shift_average = shifts
                 report = evaluate_phrase_grounding(model, spec, "val", max_images=config.data.n_val)
-                key = f"{label}, {'resized to the training square' if resize else 'own size'}"
+                key = (f"{label}, {'resized to the training square' if resize else 'own size'}, "
+                       f"{'one pass' if shifts == 1 else f'{shifts}x{shifts} shifted copies'}")
                 row["pointing_accuracy"][key] = round(report["pointing_accuracy"], 4)
                 print(f"{method}: {key}: pointing {report['pointing_accuracy']:.3f}")
         merge(path, "methods", method, row)

@@ -9,7 +9,7 @@ import torch
 from weakground.config import ExperimentConfig, from_dict
 from weakground.engine.caption_pipeline import (CaptionTrainSet, caption_batches, dataset_spec,
                                                 load_caption_train_set, scenes_root)
-from weakground.engine.pipeline import load_grounder, run_experiment, set_input_size
+from weakground.engine.pipeline import configure_inference, load_grounder, run_experiment
 from weakground.errors import ConfigError
 from probe_method import HEATMAP_INPUT_SIZES, SEEN_BATCHES, CaptionProbe, ProbeConfig
 
@@ -100,9 +100,9 @@ def test_input_size_follows_the_config_and_resizes_like_training():
     from PIL import Image
 
     model = CaptionProbe(ProbeConfig(), _config().backbone, [])
-    set_input_size(model, _config(image_size=48))
+    configure_inference(model, _config(image_size=48))
     assert model.input_size == 48
-    set_input_size(model, _config(image_size=48, eval_resize=False))
+    configure_inference(model, _config(image_size=48, eval_resize=False))
     assert model.input_size is None
     image = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
@@ -123,7 +123,7 @@ def test_label_trained_methods_read_images_at_their_own_size():
 
     config = load_config("quickstart")
     model = create_method("mcb_attention", config.backbone, [str(d) for d in range(10)], config.method.params)
-    set_input_size(model, config)
+    configure_inference(model, config)
     assert model.input_size is None
 
 

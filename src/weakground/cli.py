@@ -379,7 +379,7 @@ def _locate_one(model: object, path: Path, phrases: list[str], threshold: float,
 
     image = read_image(path, channels=channels)
     with torch.no_grad():
-        maps = resize_heatmap(model.heatmaps(image_to_tensor(image), phrases), tuple(image.shape[:2]))[0]
+        maps = resize_heatmap(model.grounding_maps(image_to_tensor(image), phrases), tuple(image.shape[:2]))[0]
     results, heatmaps, boxes, points = [], [], [], []
     for phrase, hm in zip(phrases, maps):
         det, scores = heatmap_to_boxes(hm, threshold)

@@ -116,6 +116,9 @@ class EvalConfig:
     threshold_candidates: list[float] = field(default_factory=list)
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5])
     batch_size: int = 128
+    # n > 1: every heatmap is the average over n x n copies of the image shifted by 1/n of the feature map's
+    # stride (Grounder.shift_average, grounding_maps): costs n^2 forward passes, lets the peak fall between cells.
+    shift_average: int = 1
 
 
 @dataclass
@@ -260,6 +263,7 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Exp
 # behaved. A saved config must otherwise name every key (see from_dict's require_all).
 LATER_KEYS: dict[tuple[str, str], Any] = {
     ("data", "eval_resize"): False,  # before it existed, evaluation read images at their own size
+    ("eval", "shift_average"): 1,  # and every heatmap came from one forward pass
 }
 
 

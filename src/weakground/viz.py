@@ -33,7 +33,7 @@ def grounding_figure(model: Any, dataset: Any, path: Path, box_threshold: float,
     rows = rng.choice(len(dataset), size=min(n_rows, len(dataset)), replace=False)
     names = list(model.class_names)
     images = images_to_tensor(dataset.images[rows]).to(device)
-    maps = resize_heatmap(model.heatmaps(images, names).float(), tuple(dataset.images.shape[1:])).cpu()
+    maps = resize_heatmap(model.grounding_maps(images, names).float(), tuple(dataset.images.shape[1:])).cpu()
     fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), squeeze=False)
     vmax = float(maps.max()) or 1.0
     for r, i in enumerate(rows):

@@ -153,7 +153,7 @@ def run_caption_experiment(config: ExperimentConfig, run_dir: Path, resume: bool
                            figure: bool = True) -> dict[str, Any]:
     """Train ``config``'s method on captions only and score its phrase heatmaps; writes ``report.json``."""
     from weakground.engine.phrase_eval import evaluate_phrase_grounding
-    from weakground.engine.pipeline import checkpoint_meta, machine_description, set_input_size
+    from weakground.engine.pipeline import checkpoint_meta, configure_inference, machine_description
     from weakground.methods import create_method
 
     seed_everything(config.train.seed)
@@ -163,7 +163,7 @@ def run_caption_experiment(config: ExperimentConfig, run_dir: Path, resume: bool
         raise ConfigError(f"method {config.method.name!r} does not learn from captions (it has no joint "
                           f"image-text space); caption data needs multilevel, dsve_loc, matchmap or "
                           f"mcb_attention with query: caption")
-    set_input_size(model, config)  # validation and the test report read images as training does
+    configure_inference(model, config)  # validation and the test report read images as training does
     spec = dataset_spec(config.data, progress)
     train_set = load_caption_train_set(spec, "train", config.data.image_size, progress)
     run_dir = Path(run_dir)

@@ -41,7 +41,7 @@ def evaluate_label_grounding(
     model: nn.Module, dataset: Any, config: EvalConfig, device: torch.device | str = "cpu",
     max_images: int | None = None, progress: bool = False,
 ) -> dict[str, Any]:
-    """Score ``model.heatmaps`` on a :class:`~weakground.data.multimnist.MultiMnistSet`.
+    """Score ``model.grounding_maps`` on a :class:`~weakground.data.multimnist.MultiMnistSet`.
 
     Returns:
         ``avg_iou``, ``ap30``/``ap40``/``ap50`` (named by threshold), ``map`` (percent), ``pointing_accuracy``
@@ -58,7 +58,7 @@ def evaluate_label_grounding(
     for start in tqdm(range(0, n, config.batch_size), disable=not progress, desc="evaluate", leave=False):
         stop = min(n, start + config.batch_size)
         images = images_to_tensor(dataset.images[start:stop]).to(device)
-        maps = resize_heatmap(model.heatmaps(images, names).float(), tuple(size)).cpu()  # [B, K, H, W]
+        maps = resize_heatmap(model.grounding_maps(images, names).float(), tuple(size)).cpu()  # [B, K, H, W]
         for b in range(stop - start):
             i = start + b
             boxes = torch.as_tensor(dataset.boxes[i], dtype=torch.float32)

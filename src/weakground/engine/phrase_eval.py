@@ -1,11 +1,11 @@
 """Phrase-level evaluation: any :class:`~weakground.methods.Grounder` on any dataset the readers understand.
 
-``source (FORMAT:PATH, split) -> records -> image + its phrases -> model.heatmaps -> pointing metrics -> report``
+``source (FORMAT:PATH, split) -> records -> image + its phrases -> model.grounding_maps -> pointing metrics -> report``
 
 * Queries: every grounded phrase mention of every caption is one query (Flickr30K Entities practice: "a man"
   in two captions is two queries), plus every class-labelled object of the image (COCO instances, where the
   category name is the phrase). A query's ground truth is all of its boxes.
-* Per image the distinct phrase texts are asked in one ``model.heatmaps`` call (chunks of ``phrase_batch``),
+* Per image the distinct phrase texts are asked in one ``model.grounding_maps`` call (chunks of ``phrase_batch``),
   at the image's own size; each map stays on the method's grid for the pointing game (which resizes it to the
   image with :func:`~weakground.metrics.resize_heatmap`, or takes the grid argmax, as the protocol says).
 * Scores: the pointing game (:func:`~weakground.metrics.pointing_game`) under an explicit
@@ -149,7 +149,7 @@ def evaluate_phrase_grounding(
     """Score ``model``'s phrase heatmaps on one split of a dataset (see the module docstring).
 
     Args:
-        model: any Grounder; only ``heatmaps`` is called (plus ``encode_image``/``encode_text`` when
+        model: any Grounder; only ``grounding_maps`` is called (plus ``encode_image``/``encode_text`` when
             ``model.has_joint_space``).
         spec: ``FORMAT:PATH``, e.g. ``"flickr30k_entities:/data/flickr30k"``.
         split: the split to read (``"test"``, ``"val"``, ``"test_unseen"``, a COCO ``"val2014"``, ``"all"``).
@@ -162,7 +162,7 @@ def evaluate_phrase_grounding(
         visualize_dir: write one overlay PNG (map, predicted point, ground-truth boxes) per query here, for the
             first ``n_visualize`` queries.
         n_visualize: how many queries to draw.
-        phrase_batch: most phrases asked of one image in one ``heatmaps`` call.
+        phrase_batch: most phrases asked of one image in one ``grounding_maps`` call.
 
     Returns:
         ``{"pointing_accuracy", "n_queries", "n_evaluated", "n_hits", "n_images", "protocol", "baselines":
@@ -291,7 +291,7 @@ def _phrase_maps(model: Grounder, image: Tensor, phrases: list[Phrase], phrase_b
     maps: dict[str, Tensor] = {}
     for start in range(0, len(texts), phrase_batch):
         chunk = texts[start:start + phrase_batch]
-        out = model.heatmaps(image, chunk)
+        out = model.grounding_maps(image, chunk)
         if out.ndim != 4 or out.shape[:2] != (1, len(chunk)):
             raise RuntimeError(f"method {model.name!r} returned heatmaps of shape {tuple(out.shape)} for 1 image and "
                                f"{len(chunk)} phrases; expected [1, {len(chunk)}, h, w]")

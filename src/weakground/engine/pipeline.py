@@ -83,6 +83,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
     t0 = time.time()
     names = class_names(config.data)
     model = create_method(config.method.name, config.backbone, names, config.method.params)
+    configure_inference(model, config)
     data = build_splits(config.data, progress=progress)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,15 +161,19 @@ def load_grounder(path: Path, device: torch.device | str = "cpu") -> tuple[Groun
         raise CheckpointError(f"{path}: metadata names method {meta['method']!r} but its config {config.method.name!r}")
     model = create_method(meta["method"], config.backbone, meta["class_names"], config.method.params)
     load_weights(path, model, state)
-    set_input_size(model, config)
+    configure_inference(model, config)
     return model.to(device).eval(), config
 
 
-def set_input_size(model: Grounder, config: ExperimentConfig) -> None:
-    """Caption-trained methods see images resized to the training square when ``data.eval_resize`` is on (see
-    :attr:`Grounder.input_size`); label-trained ones (multi-MNIST) read images at the size they come in."""
+def configure_inference(model: Grounder, config: ExperimentConfig) -> None:
+    """How a trained model reads images: caption-trained methods see them resized to the training square when
+    ``data.eval_resize`` is on (see :attr:`Grounder.input_size`), label-trained ones (multi-MNIST) at the size they
+    come in; every method averages ``eval.shift_average``^2 shifted copies (:attr:`Grounder.shift_average`)."""
+    if config.eval.shift_average < 1:
+        raise ConfigError(f"eval.shift_average must be >= 1 (1: no shifted copies), got {config.eval.shift_average}")
     caption_trained = bool(getattr(model, "has_joint_space", False))
     model.input_size = config.data.image_size if caption_trained and config.data.eval_resize else None
+    model.shift_average = config.eval.shift_average
 
 
 def replace_data(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:

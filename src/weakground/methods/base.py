@@ -10,13 +10,14 @@ from torch.nn import functional as F
 
 from weakground.config import BackboneConfig, from_dict
 from weakground.errors import ConfigError, InputError
+from weakground.metrics import resize_heatmap
 from weakground.registry import METHODS
 
 
 class Grounder(nn.Module):
     """Base class of grounding methods.
 
-    The evaluator only ever calls :meth:`heatmaps`; the training engine only calls :meth:`loss` and
+    The evaluators only ever call :meth:`grounding_maps` (which calls :meth:`heatmaps`); the training engine only calls :meth:`loss` and
     :meth:`param_groups`. Methods with a joint image-text space also implement :meth:`encode_image`,
     :meth:`encode_text` and :meth:`scores`.
     """
@@ -44,6 +45,11 @@ class Grounder(nn.Module):
     # own size (dsve_loc does not; `python benchmarks/methods.py inference`). The caption pipeline and
     # load_grounder set it from the config (data.image_size, data.eval_resize); prepare_images applies it.
     input_size: int | None = None
+    # n > 1: grounding_maps averages the heatmaps of n x n copies of the image, shifted by multiples of 1/n of the
+    # feature map's stride (test-time shift averaging). A stride-8 map's peak can only sit on its cell centres;
+    # the shifted copies put other pixels under the cells, so the average's peak can fall between them. Set like
+    # input_size, from eval.shift_average (see weakground.engine.pipeline.configure_inference).
+    shift_average: int = 1
 
     def check_images(self, images: Tensor) -> None:
         """Reject images the method cannot read, with one line saying what is wrong."""
@@ -80,6 +86,35 @@ class Grounder(nn.Module):
             :func:`weakground.metrics.resize_heatmap`.
         """
         raise NotImplementedError
+
+    def grounding_maps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """What the evaluators, ``locate`` and ``serve`` ask for: :meth:`heatmaps`, or with :attr:`shift_average`
+        n > 1 their average over n x n shifted copies of the image.
+
+        Returns:
+            ``[B, P, h, w]``: the method's own grid when n is 1, else the (prepared) image's full resolution.
+            Either way, resize with :func:`weakground.metrics.resize_heatmap`.
+        """
+        n = self.shift_average
+        if n <= 1 or not phrases:
+            return self.heatmaps(images, phrases)
+        images = self.prepare_images(images)  # once: the copies are then already at input_size
+        height, width = images.shape[-2:]
+        first = self.heatmaps(images, phrases)
+        stride_y, stride_x = height / first.shape[-2], width / first.shape[-1]
+        total, copies = resize_heatmap(first, (height, width)), 1
+        for i in range(n):
+            for j in range(n):
+                dy, dx = round(i * stride_y / n), round(j * stride_x / n)
+                if (dy, dx) == (0, 0):  # the unshifted copy (or a stride too small to split)
+                    continue
+                # Content moves down/right by (dy, dx) (edge pixels repeated), so the map is read back from
+                # (dy, dx) onwards and its last rows/columns repeated to keep the image's size.
+                shifted = F.pad(images, (dx, 0, dy, 0), mode="replicate")[..., :height, :width]
+                maps = resize_heatmap(self.heatmaps(shifted, phrases), (height, width))
+                total = total + F.pad(maps[..., dy:, dx:], (0, dx, 0, dy), mode="replicate")
+                copies += 1
+        return total / copies
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for one batch; the ``"total"`` entry is optimised, the others are logged."""

@@ -249,7 +249,7 @@ def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], thr
         if abandoned.is_set():  # the client already has its 504: do not spend the model on it
             raise _Abandoned
         with torch.no_grad():
-            maps = loaded.model.heatmaps(image_to_tensor(image), phrases)
+            maps = loaded.model.grounding_maps(image_to_tensor(image), phrases)
     finally:
         loaded.lock.release()
     maps = resize_heatmap(maps.float().cpu(), tuple(image.shape[:2]))[0]
