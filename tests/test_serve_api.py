@@ -232,7 +232,7 @@ class SlowModel:
     def __init__(self, seconds: float) -> None:
         self.seconds, self.calls = seconds, 0
 
-    def heatmaps(self, images, phrases):
+    def grounding_maps(self, images, phrases):
         self.calls += 1
         time.sleep(self.seconds)
         return torch.ones(1, len(phrases), 4, 4)
@@ -262,7 +262,7 @@ def test_inference_is_serialised(chelsea):
     guard = threading.Lock()
 
     class Counting(SlowModel):
-        def heatmaps(self, images, phrases):
+        def grounding_maps(self, images, phrases):
             with guard:
                 active[0] += 1
                 peak[0] = max(peak[0], active[0])
