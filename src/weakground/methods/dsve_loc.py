@@ -47,7 +47,6 @@ class DSVELocConfig:
     image_encoder: str = "efficientnet_lite0"  # "efficientnet_lite0" (pretrained) or "resnet" (from scratch)
     level: str = "head"  # EfficientNet-Lite level pooled and localised in (head: 1280 ch, stride 32)
     finetune_image_encoder: bool = False  # train the pretrained EfficientNet too (at lr * backbone_lr_mult)
-    image_hidden: int = 0  # >0: a trained 1x1 conv + ReLU to this width on top of the encoder (see feature_maps)
     embed_dim: int = 512  # D, the joint space (the paper: 2400)
     text_encoder: str = "sru"  # "sru" (the paper), "gru" or "bilstm"
     text_hidden: int = 512  # units per direction; a linear map to D is added when hidden x directions != D
@@ -88,10 +87,6 @@ class DSVELoc(FrozenEvalMixin, Grounder):
                 lite.unfreeze()
             self.image_encoder = lite
             channels = lite.channels[config.level]
-        self.image_adapter: nn.Module = nn.Identity()
-        if config.image_hidden > 0:
-            self.image_adapter = nn.Sequential(nn.Conv2d(channels, config.image_hidden, 1), nn.ReLU())
-            channels = config.image_hidden
         self.image_projection = nn.Linear(channels, config.embed_dim)  # A, b
         self.text_encoder = RecurrentTextEncoder(
             # None: the kind's own default (bilstm is bidirectional, sru/gru are not unless asked).
@@ -106,10 +101,9 @@ class DSVELoc(FrozenEvalMixin, Grounder):
         """``G``: ``[B, 3, H, W]`` in [0, 1] -> ``[B, C, h, w]`` convolutional activations."""
         images = self.prepare_images(images)
         if self.config.image_encoder == "resnet":
-            return self.image_adapter(self.image_encoder(images))
+            return self.image_encoder(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):
-            maps = self.image_encoder(images, levels=(self.config.level,))[self.config.level].contiguous()
-        return self.image_adapter(maps)
+            return self.image_encoder(images, levels=(self.config.level,))[self.config.level].contiguous()
 
     def pool(self, maps: Tensor) -> Tensor:
         """Weldon pooling of ``[B, C, h, w]`` with the configured fractions -> ``[B, C]``."""
