@@ -93,7 +93,32 @@ def test_caption_experiment_trains_without_boxes_and_scores_both_test_splits(cac
     fresh = CaptionProbe(ProbeConfig(), config.backbone, [])
     assert config.method.name == "_caption_probe"
     assert not torch.equal(model.conv.weight, fresh.conv.weight)  # the checkpoint holds trained weights
-    assert model.input_size == 64
+    assert model.input_size == 64 and model.shift_average == 1
+
+
+def test_eval_changes_only_how_a_checkpoint_reads_images(cache, tmp_path, capsys):
+    from weakground.cli import _apply_inference_overrides, main
+    from weakground.errors import WeakgroundError
+
+    config = _config()
+    config.train.epochs = 1
+    checkpoint = run_experiment(config, tmp_path / "run", progress=False)["train"]["checkpoint"]
+    model, config = load_grounder(checkpoint)
+    _apply_inference_overrides(model, config, ["eval.shift_average=3", "data.eval_resize=false"])
+    assert model.shift_average == 3 and model.input_size is None
+    for bad, message in (("method.params.dim=8", "settings are fixed except data.eval_resize, eval.shift_average"),
+                         ("eval.shift_average=two", "expected int, got 'two'"),
+                         ("eval.shift_average=0", "eval.shift_average must be >= 1")):
+        with pytest.raises((WeakgroundError, ConfigError), match=message):
+            _apply_inference_overrides(model, config, [bad])
+    data = f"flickr30k_entities:{scenes_root(config.data)}"
+    report = tmp_path / "shifted.json"
+    code = main(["eval", "--checkpoint", str(checkpoint), "--data", data, "--split", "val", "--no-progress",
+                 "--set", "eval.shift_average=2", "--out", str(report)])
+    assert code == 0 and json.loads(report.read_text())["n_queries"] > 0
+    code = main(["eval", "--checkpoint", str(checkpoint), "--data", data, "--set", "train.epochs=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "train.epochs=3" in err
 
 
 def test_input_size_follows_the_config_and_resizes_like_training():

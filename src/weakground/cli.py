@@ -7,10 +7,11 @@ Errors caused by input (files, labels, settings) print one line and exit with st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from weakground.errors import WeakgroundError
 
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "per phrase, and score the pointing game under the protocol flags below, with attention correctness, the "
         "centre and random baselines on the same queries, a per-type breakdown and, for methods with a joint "
         "image-text space, Recall@1/5/10 over the split's captions. Prints a table with the protocol line; --out "
-        "writes the JSON report.\n\n"
+        "writes the JSON report. A checkpoint's learned settings are fixed; --set eval.shift_average=N (heatmaps "
+        "averaged over N x N shifted copies; 1: one pass) and --set data.eval_resize=true|false change how it "
+        "reads images.\n\n"
         "Multi-MNIST (--checkpoint only, no --data): rebuild the test split from the checkpoint's data settings "
         "(overridable with --set data.KEY=VALUE) and score boxes from the method's heatmaps.",
         epilog="examples:\n"
@@ -223,8 +226,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_multimnist(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from weakground.config import DataConfig, from_dict, parse_override, to_dict
     from weakground.data.splits import build_splits
     from weakground.engine.checkpoint import atomic_write_text
@@ -256,6 +257,30 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
     return 0
 
 
+# How a checkpoint reads images, as opposed to what it learned: the only settings `eval --set` may change.
+INFERENCE_KEYS = (("data", "eval_resize"), ("eval", "shift_average"))
+
+
+def _apply_inference_overrides(model: Grounder, config: Any, overrides: list[str]) -> None:
+    """``--set data.eval_resize=...`` / ``eval.shift_average=...`` on a loaded checkpoint; anything else is refused."""
+    from weakground.config import parse_override
+    from weakground.engine.pipeline import configure_inference
+
+    if not overrides:
+        return
+    for text in overrides:
+        keys, value = parse_override(text)
+        if tuple(keys) not in INFERENCE_KEYS:
+            allowed = ", ".join(".".join(k) for k in INFERENCE_KEYS)
+            raise WeakgroundError(f"eval --set {text!r}: a checkpoint's settings are fixed except {allowed}")
+        section = getattr(config, keys[0])
+        expected = type(getattr(section, keys[1]))
+        if type(value) is not expected:
+            raise WeakgroundError(f"eval --set {text!r}: expected {expected.__name__}, got {value!r}")
+        config = dataclasses.replace(config, **{keys[0]: dataclasses.replace(section, **{keys[1]: value})})
+    configure_inference(model, config)
+
+
 def _phrase_method(args: argparse.Namespace, device: torch.device) -> Grounder:
     """The Grounder to score: from --checkpoint (checked against --method), or a fixed method built by name."""
     from weakground.config import BackboneConfig, parse_override
@@ -265,12 +290,11 @@ def _phrase_method(args: argparse.Namespace, device: torch.device) -> Grounder:
     if args.checkpoint is not None:
         from weakground.engine.pipeline import load_grounder
 
-        if args.overrides:
-            raise WeakgroundError(f"eval --set {args.overrides[0]!r}: a checkpoint's method settings are fixed")
         model, config = load_grounder(args.checkpoint, device)
         if args.method is not None and args.method != config.method.name:
             raise WeakgroundError(f"{args.checkpoint}: checkpoint holds method {config.method.name!r}, not "
                                   f"--method {args.method!r}")
+        _apply_inference_overrides(model, config, args.overrides)
         return model
     if args.method is None:
         raise WeakgroundError("eval --data needs --method NAME or --checkpoint PATH")
