@@ -135,7 +135,8 @@ def inference(args: argparse.Namespace) -> None:
     command = " ".join(["python", "benchmarks/methods.py"] + sys.argv[1:])
     path = RESULTS / "inference.json"
     for method in args.methods:
-        checkpoint = Path(args.runs) / f"{PRESETS.get(method, method)}_{args.scale}" / "checkpoints" / "train_best.safetensors"
+        run_dir = Path(args.runs) / f"{PRESETS.get(method, method)}_{args.scale}"
+        checkpoint = run_dir / "checkpoints" / "train_best.safetensors"
         if not checkpoint.is_file():
             sys.exit(f"{checkpoint}: no checkpoint; run `python benchmarks/methods.py table --methods {method}` first")
         model, config = load_grounder(checkpoint)

@@ -263,7 +263,7 @@ INFERENCE_KEYS = (("data", "eval_resize"), ("eval", "shift_average"))
 
 def _apply_inference_overrides(model: Grounder, config: Any, overrides: list[str]) -> None:
     """``--set data.eval_resize=...`` / ``eval.shift_average=...`` on a loaded checkpoint; anything else is refused."""
-    from weakground.config import parse_override
+    from weakground.config import from_dict, parse_override, to_dict
     from weakground.engine.pipeline import configure_inference
 
     if not overrides:
@@ -274,10 +274,9 @@ def _apply_inference_overrides(model: Grounder, config: Any, overrides: list[str
             allowed = ", ".join(".".join(k) for k in INFERENCE_KEYS)
             raise WeakgroundError(f"eval --set {text!r}: a checkpoint's settings are fixed except {allowed}")
         section = getattr(config, keys[0])
-        expected = type(getattr(section, keys[1]))
-        if type(value) is not expected:
-            raise WeakgroundError(f"eval --set {text!r}: expected {expected.__name__}, got {value!r}")
-        config = dataclasses.replace(config, **{keys[0]: dataclasses.replace(section, **{keys[1]: value})})
+        # from_dict checks the value's type as a config file's would be checked
+        changed = from_dict(type(section), {**to_dict(section), keys[1]: value}, f"eval --set {keys[0]}")
+        config = dataclasses.replace(config, **{keys[0]: changed})
     configure_inference(model, config)
 
 

@@ -6,8 +6,9 @@
   in two captions is two queries), plus every class-labelled object of the image (COCO instances, where the
   category name is the phrase). A query's ground truth is all of its boxes.
 * Per image the distinct phrase texts are asked in one ``model.grounding_maps`` call (chunks of ``phrase_batch``),
-  at the image's own size; each map stays on the method's grid for the pointing game (which resizes it to the
-  image with :func:`~weakground.metrics.resize_heatmap`, or takes the grid argmax, as the protocol says).
+  at the image's own size; each map stays as ``grounding_maps`` returns it (the method's grid, or the prepared
+  image's resolution when shifted copies are averaged) for the pointing game, which resizes it to the image with
+  :func:`~weakground.metrics.resize_heatmap`, or takes the grid argmax, as the protocol says.
 * Scores: the pointing game (:func:`~weakground.metrics.pointing_game`) under an explicit
   :class:`~weakground.metrics.PointingProtocol`; attention correctness over the same scored queries; the centre
   and random baselines over the same queries and protocol; a per-type breakdown; and, for methods with a joint

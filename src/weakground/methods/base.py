@@ -17,9 +17,9 @@ from weakground.registry import METHODS
 class Grounder(nn.Module):
     """Base class of grounding methods.
 
-    The evaluators only ever call :meth:`grounding_maps` (which calls :meth:`heatmaps`); the training engine only calls :meth:`loss` and
-    :meth:`param_groups`. Methods with a joint image-text space also implement :meth:`encode_image`,
-    :meth:`encode_text` and :meth:`scores`.
+    The evaluators only ever call :meth:`grounding_maps` (which calls :meth:`heatmaps`); the training engine only
+    calls :meth:`loss` and :meth:`param_groups`. Methods with a joint image-text space also implement
+    :meth:`encode_image`, :meth:`encode_text` and :meth:`scores`.
     """
 
     name: ClassVar[str]
