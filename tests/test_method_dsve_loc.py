@@ -103,9 +103,12 @@ def test_bad_inputs_and_settings_are_clear_errors():
         create_method("dsve_loc", RGB, [], {"image_encoder": "vgg"})
     with pytest.raises(WeakgroundError, match="level"):
         create_method("dsve_loc", RGB, [], {"level": "c9"})
+    with pytest.raises(WeakgroundError, match="text_encoder"):
+        create_method("dsve_loc", RGB, [], {"text_encoder": "elmo"})
 
 
-@pytest.mark.parametrize("params", [{}, {"image_encoder": "resnet"}, {"text_encoder": "bilstm", "level": "c4"}])
+@pytest.mark.parametrize("params", [{}, {"image_encoder": "resnet"}, {"text_encoder": "bilstm", "level": "c4"},
+                                    {"text_encoder": "minilm"}])
 def test_loss_decreases_on_a_tiny_batch(params):
     model = make(**params)
     batch = {"images": images(4, 64), "captions": CAPTIONS}
@@ -145,6 +148,29 @@ def test_frozen_encoders_stay_out_of_the_optimizer_and_checkpoint(tmp_path):
     model.eval()
     torch.testing.assert_close(other.heatmaps(x, ["red circle"]), model.heatmaps(x, ["red circle"]))
     torch.testing.assert_close(other.scores(x, CAPTIONS), model.scores(x, CAPTIONS))
+
+
+def test_minilm_text_side_is_frozen_and_left_out_of_checkpoints(tmp_path):
+    model = make(text_encoder="minilm")
+    assert model.frozen_modules == ("image_encoder", "text_encoder")
+    (head,) = model.param_groups(1e-3, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in head["params"]} == {"image_projection", "text_projection"}
+    model.train()
+    assert not model.text_encoder.training
+    text = model.encode_text(["a red circle", "", "zyxquux blorf"])  # empty and unknown words still embed
+    assert text.shape == (3, 16) and torch.isfinite(text).all()
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(3))
+
+    path = tmp_path / "dsve_minilm.safetensors"
+    save_checkpoint(path, model, {"method": "dsve_loc"})
+    state, _ = read_checkpoint(path)
+    assert not any(k.startswith(("image_encoder.", "text_encoder.")) for k in state)
+    torch.manual_seed(1)
+    other = create_method("dsve_loc", RGB, [], {**SMALL, "text_encoder": "minilm"}).eval()
+    load_weights(path, other, state)
+    x = images(2, 64, seed=3)
+    torch.testing.assert_close(other.heatmaps(x, ["red circle"]), model.eval().heatmaps(x, ["red circle"]))
 
 
 def test_training_step_is_deterministic():

@@ -40,6 +40,7 @@ from weakground.vision.resnet import build_backbone
 
 IMAGE_ENCODERS = ("efficientnet_lite0", "resnet")
 HEATMAP_FLOORS = ("relu", "min")
+TEXT_ENCODERS = ("sru", "gru", "bilstm", "minilm")
 
 
 @dataclass
@@ -48,7 +49,9 @@ class DSVELocConfig:
     level: str = "head"  # EfficientNet-Lite level pooled and localised in (head: 1280 ch, stride 32)
     finetune_image_encoder: bool = False  # train the pretrained EfficientNet too (at lr * backbone_lr_mult)
     embed_dim: int = 512  # D, the joint space (the paper: 2400)
-    text_encoder: str = "sru"  # "sru" (the paper), "gru" or "bilstm"
+    # "sru" (the paper), "gru" or "bilstm" on GloVe, trained; or "minilm": the frozen MiniLM sentence embedding
+    # through a trained two-layer map to D (text_hidden units), as multilevel and matchmap read captions
+    text_encoder: str = "sru"
     text_hidden: int = 512  # units per direction; a linear map to D is added when hidden x directions != D
     text_layers: int = 2  # the paper: 4
     text_bidirectional: bool = False  # sru/gru: add a backward direction (bilstm always has one)
@@ -88,13 +91,23 @@ class DSVELoc(FrozenEvalMixin, Grounder):
             self.image_encoder = lite
             channels = lite.channels[config.level]
         self.image_projection = nn.Linear(channels, config.embed_dim)  # A, b
-        self.text_encoder = RecurrentTextEncoder(
-            # None: the kind's own default (bilstm is bidirectional, sru/gru are not unless asked).
-            config.text_encoder, config.text_hidden, config.text_layers, config.text_bidirectional or None,
-            config.text_dropout, freeze_glove=not config.finetune_glove, max_tokens=config.max_tokens)
-        self.text_projection: nn.Module = (
-            nn.Identity() if self.text_encoder.out_dim == config.embed_dim
-            else nn.Linear(self.text_encoder.out_dim, config.embed_dim))
+        self.text_projection: nn.Module
+        if config.text_encoder == "minilm":
+            from weakground.text.minilm import shared_minilm
+
+            self.text_encoder = shared_minilm()
+            self.frozen_modules += ("text_encoder",)
+            width = self.text_encoder.model.config.hidden_size
+            self.text_projection = nn.Sequential(nn.Linear(width, config.text_hidden), nn.ReLU(),
+                                                 nn.Linear(config.text_hidden, config.embed_dim))
+        else:
+            self.text_encoder = RecurrentTextEncoder(
+                # None: the kind's own default (bilstm is bidirectional, sru/gru are not unless asked).
+                config.text_encoder, config.text_hidden, config.text_layers, config.text_bidirectional or None,
+                config.text_dropout, freeze_glove=not config.finetune_glove, max_tokens=config.max_tokens)
+            self.text_projection = (
+                nn.Identity() if self.text_encoder.out_dim == config.embed_dim
+                else nn.Linear(self.text_encoder.out_dim, config.embed_dim))
 
     # -- the two paths ---------------------------------------------------------------------------------------
     def feature_maps(self, images: Tensor) -> Tensor:
@@ -122,7 +135,10 @@ class DSVELoc(FrozenEvalMixin, Grounder):
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """``T`` texts -> ``[T, D]`` unit embeddings (empty / OOV texts: see :mod:`weakground.text.recurrent`)."""
-        _, _, sentence = self.text_encoder(list(texts))
+        if self.config.text_encoder == "minilm":
+            sentence = self.text_encoder.embed(list(texts)).to(self.image_projection.weight.device)
+        else:
+            _, _, sentence = self.text_encoder(list(texts))
         return F.normalize(self.text_projection(sentence), dim=-1)
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
@@ -174,7 +190,7 @@ class DSVELoc(FrozenEvalMixin, Grounder):
         pretrained: list[nn.Parameter] = []
         if self.config.image_encoder == "efficientnet_lite0" and not self.image_frozen:
             pretrained += list(self.image_encoder.parameters())
-        if self.config.finetune_glove:
+        if self.config.finetune_glove and self.config.text_encoder != "minilm":
             pretrained.append(self.text_encoder.glove)
         ids = {id(p) for p in pretrained}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
@@ -190,6 +206,7 @@ def _check(config: DSVELocConfig) -> None:
     check_choice(config, "image_encoder", IMAGE_ENCODERS)
     check_choice(config, "level", LEVELS)
     check_choice(config, "heatmap_floor", HEATMAP_FLOORS)
+    check_choice(config, "text_encoder", TEXT_ENCODERS)
     if not 0 < config.weldon_max_fraction <= 1 or not 0 <= config.weldon_min_fraction <= 1:
         raise ConfigError(f"{where}: weldon_max_fraction must lie in (0, 1] and weldon_min_fraction in [0, 1]")
     if config.embed_dim < 1:
