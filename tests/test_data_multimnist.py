@@ -311,3 +311,25 @@ def test_min_above_max_digits_and_bad_counts_raise():
 def test_progress_bar_runs():
     ds = make_multimnist(MultiMnistSpec(), 3, progress=True)
     assert len(ds) == 3
+
+
+# --- patch boxes (the 28x28 patch each digit was pasted into) -----------------------------------------------
+
+
+def test_grid_patch_boxes_are_the_cells_and_hold_the_ink(grid_clean):
+    cells = np.array([[0, 0, 28, 28], [28, 0, 56, 28], [0, 28, 28, 56], [28, 28, 56, 56]], dtype=np.float32)
+    assert len(grid_clean.patch_boxes) == len(grid_clean)
+    for patches, boxes in zip(grid_clean.patch_boxes, grid_clean.boxes):
+        assert patches.dtype == np.float32
+        np.testing.assert_array_equal(patches, cells)
+        assert (boxes[:, :2] >= patches[:, :2]).all() and (boxes[:, 2:] <= patches[:, 2:]).all()
+
+
+def test_jittered_and_free_patch_boxes_are_28_wide_and_hold_the_ink(free_clean):
+    jittered = make_multimnist(MultiMnistSpec(jitter=6, noise_std=0.0), 40, seed=2)
+    for ds in (jittered, free_clean):
+        for patches, boxes in zip(ds.patch_boxes, ds.boxes):
+            assert patches.shape == boxes.shape
+            np.testing.assert_array_equal(patches[:, 2:] - patches[:, :2], 28)
+            assert (boxes[:, :2] >= patches[:, :2]).all() and (boxes[:, 2:] <= patches[:, 2:]).all()
+            assert (patches >= 0).all() and (patches <= ds.image_size).all()

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "averaged over N x N shifted copies; 1: one pass) and --set data.eval_resize=true|false change how it "
         "reads images.\n\n"
         "Multi-MNIST (--checkpoint only, no --data): rebuild the test split from the checkpoint's data settings "
-        "(overridable with --set data.KEY=VALUE) and score boxes from the method's heatmaps.",
+        "(overridable with --set data.KEY=VALUE) and score boxes from the method's heatmaps against the digits' "
+        "ink boxes, or with --set eval.ground_truth=patch against the 28x28 patches they were pasted into.",
         epilog="examples:\n"
         "  weakground eval --method center --data flickr30k_entities:/data/flickr30k --split test --out center.json\n"
         "  weakground eval --method center --data coco:/data/coco --split val2014 --tolerance 15 --min-area 0.05\n"
@@ -226,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_multimnist(args: argparse.Namespace) -> int:
-    from weakground.config import DataConfig, from_dict, parse_override, to_dict
+    from weakground.config import DataConfig, EvalConfig, from_dict, parse_override, to_dict
     from weakground.data.splits import build_splits
     from weakground.engine.checkpoint import atomic_write_text
     from weakground.engine.evaluate import evaluate_label_grounding
@@ -237,14 +238,18 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
         raise WeakgroundError(f"eval --split {args.split!r}: multi-MNIST checkpoints are scored on val or test")
     device = resolve_device("auto")
     model, config = load_grounder(args.checkpoint, device)
-    data = to_dict(config.data)
+    data, scoring = to_dict(config.data), to_dict(config.eval)
     for text in args.overrides:
         keys, value = parse_override(text)
-        if len(keys) != 2 or keys[0] != "data":
-            raise WeakgroundError(f"eval --set {text!r}: only data.KEY=VALUE settings apply to evaluation")
-        data[keys[1]] = value
+        if keys == ["eval", "ground_truth"]:
+            scoring["ground_truth"] = value
+        elif len(keys) == 2 and keys[0] == "data":
+            data[keys[1]] = value
+        else:
+            raise WeakgroundError(f"eval --set {text!r}: only data.KEY=VALUE and eval.ground_truth=ink|patch "
+                                  "apply to multi-MNIST evaluation")
     data_config = from_dict(DataConfig, data, "--set data")
-    config = dataclasses.replace(config, data=data_config)
+    config = dataclasses.replace(config, data=data_config, eval=from_dict(EvalConfig, scoring, "--set eval"))
     split = build_splits(data_config, (args.split,))[args.split]
     report = evaluate_label_grounding(model, split, config.eval, device, args.max_images,
                                       progress=not args.no_progress)

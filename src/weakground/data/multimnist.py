@@ -118,6 +118,9 @@ class MultiMnistSet:
         pool: the digit pool ("train" or "test") the digits were drawn from.
         source_index: per image, int64 ``(K_i,)`` index of each digit in :func:`load_digits_5k`'s arrays
             (provenance: lets one check that train and test scenes share no digit). Empty when unknown.
+        patch_boxes: per image, float32 ``(K_i, 4)``: the 28x28 patch each digit was pasted into, aligned with
+            ``boxes`` (in the grid layout without jitter, the digit's grid cell). Seed 000 does not say which box
+            it scores against; ``eval.ground_truth: patch`` scores against these. Empty when unknown.
     """
 
     images: np.ndarray
@@ -126,6 +129,7 @@ class MultiMnistSet:
     spec: MultiMnistSpec
     pool: str
     source_index: list[np.ndarray] = field(default_factory=list)
+    patch_boxes: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.boxes) != len(self.images) or len(self.labels) != len(self.images):
@@ -279,6 +283,7 @@ def make_multimnist(spec: MultiMnistSpec, n_images: int, pool: str = "train", se
     boxes: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     sources: list[np.ndarray] = []
+    patches: list[np.ndarray] = []
 
     from tqdm.auto import tqdm
 
@@ -293,14 +298,18 @@ def make_multimnist(spec: MultiMnistSpec, n_images: int, pool: str = "train", se
             block = images[start:stop]
             _paste(block, digits, src, xs, ys, valid)
             # Ink boxes move with their patch; float32 is what the evaluation code consumes.
-            shifted = (digit_boxes[src] + np.stack([xs, ys, xs, ys], axis=-1)).astype(np.float32)
+            corner = np.stack([xs, ys, xs, ys], axis=-1)
+            shifted = (digit_boxes[src] + corner).astype(np.float32)
+            patch = (corner + np.array([0, 0, DIGIT_SIZE, DIGIT_SIZE])).astype(np.float32)
             for i in range(n):
                 keep = valid[i]
                 boxes.append(shifted[i, keep])
+                patches.append(patch[i, keep])
                 labels.append(classes[src[i, keep]].astype(np.int64))
                 sources.append(src[i, keep].astype(np.int64))
             if spec.noise_std > 0:
                 _add_noise(block, float(spec.noise_std), noise_rng)
             bar.update(n)
 
-    return MultiMnistSet(images=images, boxes=boxes, labels=labels, spec=spec, pool=pool, source_index=sources)
+    return MultiMnistSet(images=images, boxes=boxes, labels=labels, spec=spec, pool=pool, source_index=sources,
+                         patch_boxes=patches)

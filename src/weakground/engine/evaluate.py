@@ -18,7 +18,33 @@ from torch import nn
 
 from weakground.config import EvalConfig
 from weakground.data.batches import images_to_tensor
+from weakground.errors import ConfigError
 from weakground.metrics import auroc, box_iou, class_average_precision, heatmap_to_boxes, mean_ap, peak_box, resize_heatmap
+
+
+GROUND_TRUTH_BOXES = {"ink": "tight box of each digit's ink, pixel edges",
+                      "patch": "the 28x28 patch each digit was pasted into (its grid cell), pixel edges"}
+
+
+def check_ground_truth(config: EvalConfig) -> None:
+    """Raises ConfigError, in one line, for an unknown ``eval.ground_truth``."""
+    if config.ground_truth not in GROUND_TRUTH_BOXES:
+        raise ConfigError(f"eval.ground_truth must be one of {', '.join(map(repr, GROUND_TRUTH_BOXES))}, "
+                          f"got {config.ground_truth!r}")
+
+
+def ground_truth_boxes(dataset: Any, config: EvalConfig) -> list[np.ndarray]:
+    """The per-image boxes ``config.ground_truth`` names.
+
+    Raises:
+        ConfigError: an unknown ``ground_truth``, or ``patch`` on a set that carries no patch boxes.
+    """
+    check_ground_truth(config)
+    if config.ground_truth == "ink":
+        return dataset.boxes
+    if len(dataset.patch_boxes) != len(dataset.boxes):
+        raise ConfigError("eval.ground_truth 'patch': this multi-MNIST set carries no patch boxes")
+    return dataset.patch_boxes
 
 
 def protocol_description(config: EvalConfig) -> dict[str, Any]:
@@ -32,7 +58,7 @@ def protocol_description(config: EvalConfig) -> dict[str, Any]:
         "iou_thresholds": list(config.iou_thresholds),
         "pointing": "hit if the resized map's argmax lies inside a ground-truth box of the queried class",
         "absent_auroc": "AUROC separating the map peaks of present classes (positives) from absent ones",
-        "ground_truth_boxes": "tight box of each digit's ink, pixel edges",
+        "ground_truth_boxes": GROUND_TRUTH_BOXES[config.ground_truth],
     }
 
 
@@ -49,6 +75,7 @@ def evaluate_label_grounding(
     """
     from tqdm.auto import tqdm
 
+    all_boxes = ground_truth_boxes(dataset, config)
     model.eval()
     names = list(model.class_names)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
@@ -61,7 +88,7 @@ def evaluate_label_grounding(
         maps = resize_heatmap(model.grounding_maps(images, names).float(), tuple(size)).cpu()  # [B, K, H, W]
         for b in range(stop - start):
             i = start + b
-            boxes = torch.as_tensor(dataset.boxes[i], dtype=torch.float32)
+            boxes = torch.as_tensor(all_boxes[i], dtype=torch.float32)
             labels = np.asarray(dataset.labels[i])
             for c in range(len(names)):
                 hm = maps[b, c]

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from weakground import __version__
-from weakground.config import ExperimentConfig, TrainConfig, config_from_json, to_dict
+from weakground.config import EvalConfig, ExperimentConfig, TrainConfig, config_from_json, to_dict
 from weakground.data.batches import classification_batches, images_to_tensor, label_query_batches
 from weakground.data.splits import build_splits, class_names
 from weakground.engine.checkpoint import atomic_write_text, load_weights, read_checkpoint, save_checkpoint
-from weakground.engine.evaluate import evaluate_label_grounding
+from weakground.engine.evaluate import check_ground_truth, evaluate_label_grounding
 from weakground.engine.trainer import Trainer, resolve_device, seed_everything
 from weakground.errors import CheckpointError, ConfigError
 from weakground.methods import Grounder, create_method
@@ -135,16 +135,22 @@ def choose_box_threshold(model: Grounder, config: ExperimentConfig, val_set: Any
                          checkpoint: Path) -> ExperimentConfig:
     """Pick ``eval.box_threshold`` among ``eval.threshold_candidates`` by validation mAP, and store the choice
     in the checkpoint's config so ``eval`` and ``locate`` use it too."""
-    scores = {}
-    for t in config.eval.threshold_candidates:
-        trial = dataclasses.replace(config.eval, box_threshold=t)
-        scores[t] = evaluate_label_grounding(model, val_set, trial, device)["map"]
-    best = max(scores, key=lambda t: (scores[t], -abs(t - config.eval.box_threshold)))
+    best = best_box_threshold(model, config.eval, val_set, device)
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, box_threshold=best))
     _, meta = read_checkpoint(checkpoint)
     meta["config"] = to_dict(config)
     save_checkpoint(checkpoint, model, meta)
     return config
+
+
+def best_box_threshold(model: Grounder, eval_config: EvalConfig, val_set: Any, device: torch.device | str) -> float:
+    """The candidate of ``eval_config.threshold_candidates`` with the best validation mAP (ties: the one
+    closest to ``eval_config.box_threshold``)."""
+    scores = {}
+    for t in eval_config.threshold_candidates:
+        trial = dataclasses.replace(eval_config, box_threshold=t)
+        scores[t] = evaluate_label_grounding(model, val_set, trial, device)["map"]
+    return max(scores, key=lambda t: (scores[t], -abs(t - eval_config.box_threshold)))
 
 
 def load_grounder(path: Path, device: torch.device | str = "cpu") -> tuple[Grounder, ExperimentConfig]:
@@ -171,6 +177,7 @@ def configure_inference(model: Grounder, config: ExperimentConfig) -> None:
     come in; every method averages ``eval.shift_average``^2 shifted copies (:attr:`Grounder.shift_average`)."""
     if config.eval.shift_average < 1:
         raise ConfigError(f"eval.shift_average must be >= 1 (1: no shifted copies), got {config.eval.shift_average}")
+    check_ground_truth(config.eval)
     caption_trained = bool(getattr(model, "has_joint_space", False))
     model.input_size = config.data.image_size if caption_trained and config.data.eval_resize else None
     model.shift_average = config.eval.shift_average
