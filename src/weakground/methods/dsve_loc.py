@@ -23,7 +23,7 @@ Weldon's k is a fraction of the map's positions so the pooling means the same at
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,9 +50,6 @@ TEXT_ENCODERS = ("sru", "gru", "bilstm", "minilm")
 class DSVELocConfig:
     image_encoder: str = "efficientnet_lite0"  # "efficientnet_lite0" (pretrained) or "resnet" (from scratch)
     level: str = "head"  # EfficientNet-Lite level pooled and localised in (head: 1280 ch, stride 32)
-    # More EfficientNet-Lite levels, resized bilinearly to `level`'s grid and stacked on its channels, so one map
-    # holds both a fine level's detail and a coarse level's semantics (as seed 001's common space does)
-    extra_levels: list[str] = field(default_factory=list)
     finetune_image_encoder: bool = False  # train the pretrained EfficientNet too (at lr * backbone_lr_mult)
     embed_dim: int = 512  # D, the joint space (the paper: 2400)
     # "sru" (the paper), "gru" or "bilstm" on GloVe, trained; or "minilm": the frozen MiniLM sentence embedding
@@ -95,7 +92,7 @@ class DSVELoc(FrozenEvalMixin, Grounder):
             if not self.image_frozen:
                 lite.unfreeze()
             self.image_encoder = lite
-            channels = sum(lite.channels[name] for name in (config.level, *config.extra_levels))
+            channels = lite.channels[config.level]
         self.image_projection = nn.Linear(channels, config.embed_dim)  # A, b
         self.text_projection: nn.Module
         if config.text_encoder == "minilm":
@@ -121,17 +118,8 @@ class DSVELoc(FrozenEvalMixin, Grounder):
         images = self.prepare_images(images)
         if self.config.image_encoder == "resnet":
             return self.image_encoder(images)
-        names = (self.config.level, *self.config.extra_levels)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):
-            taps = self.image_encoder(images, levels=names)
-        base = taps[self.config.level]
-        if not self.config.extra_levels:
-            return base.contiguous()
-        size = base.shape[-2:]
-        # antialias: a finer level shrunk to the grid is averaged over its cells, not sampled
-        extra = [F.interpolate(taps[name], size=size, mode="bilinear", align_corners=False, antialias=True)
-                 for name in self.config.extra_levels]
-        return torch.cat([base, *extra], dim=1).contiguous()
+            return self.image_encoder(images, levels=(self.config.level,))[self.config.level].contiguous()
 
     def pool(self, maps: Tensor) -> Tensor:
         """Weldon pooling of ``[B, C, h, w]`` with the configured fractions -> ``[B, C]``."""
@@ -221,12 +209,6 @@ def _check(config: DSVELocConfig) -> None:
     where = "method.params"
     check_choice(config, "image_encoder", IMAGE_ENCODERS)
     check_choice(config, "level", LEVELS)
-    names = [config.level, *config.extra_levels]
-    if any(name not in LEVELS for name in config.extra_levels) or len(set(names)) != len(names):
-        raise ConfigError(f"{where}.extra_levels must be distinct names among {', '.join(LEVELS)} other than level "
-                          f"({config.level!r}), got {config.extra_levels!r}")
-    if config.extra_levels and config.image_encoder != "efficientnet_lite0":
-        raise ConfigError(f"{where}.extra_levels needs image_encoder efficientnet_lite0 (the resnet has one output)")
     check_choice(config, "heatmap_floor", HEATMAP_FLOORS)
     check_choice(config, "text_encoder", TEXT_ENCODERS)
     if not 0 < config.weldon_max_fraction <= 1 or not 0 <= config.weldon_min_fraction <= 1:
