@@ -75,9 +75,11 @@ def test_eval_and_locate_use_the_checkpoint(trained, tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out_json.read_text())["n_images"] == 8
     code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "data.n_test=8", "--set",
-                         "eval.ground_truth=patch", "--out", out_json)
+                         "eval.ground_truth=patch", "--set", "eval.box_threshold=0.35", "--out", out_json)
     assert code == 0, err
-    assert json.loads(out_json.read_text())["protocol"]["ground_truth_boxes"].startswith("the 28x28 patch")
+    protocol = json.loads(out_json.read_text())["protocol"]
+    assert protocol["ground_truth_boxes"].startswith("the 28x28 patch")
+    assert protocol["heatmap_to_boxes"].startswith("8-connected components of pixels >= 0.35 x map maximum")
     image = tmp_path / "digits.png"
     Image.fromarray((np.random.default_rng(0).random((56, 56, 3)) * 255).astype(np.uint8)).save(image)
     overlay = tmp_path / "overlay.png"
@@ -123,7 +125,7 @@ def test_locate_and_eval_errors_write_nothing(trained, tmp_path, capsys):
     code, _, err = run(capsys, "eval", "--checkpoint", corrupt, "--out", report)
     assert code == 2 and "corrupt.safetensors" in err and not report.exists()
     code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "train.epochs=1", "--out", report)
-    assert code == 2 and "only data.KEY=VALUE" in err and not report.exists()
+    assert code == 2 and "only data.KEY=VALUE, eval.ground_truth" in err and not report.exists()
     code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "eval.ground_truth=cell", "--out", report)
     assert code == 2 and "eval.ground_truth must be one of 'ink', 'patch'" in err and not report.exists()
     assert len(err.strip().splitlines()) == 1

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reads images.\n\n"
         "Multi-MNIST (--checkpoint only, no --data): rebuild the test split from the checkpoint's data settings "
         "(overridable with --set data.KEY=VALUE) and score boxes from the method's heatmaps against the digits' "
-        "ink boxes, or with --set eval.ground_truth=patch against the 28x28 patches they were pasted into.",
+        "ink boxes, or with --set eval.ground_truth=patch against the 28x28 patches they were pasted into; the "
+        "box threshold is the one chosen on validation at training (against ink boxes), --set eval.box_threshold=F "
+        "replaces it.",
         epilog="examples:\n"
         "  weakground eval --method center --data flickr30k_entities:/data/flickr30k --split test --out center.json\n"
         "  weakground eval --method center --data coco:/data/coco --split val2014 --tolerance 15 --min-area 0.05\n"
@@ -241,13 +243,13 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
     data, scoring = to_dict(config.data), to_dict(config.eval)
     for text in args.overrides:
         keys, value = parse_override(text)
-        if keys == ["eval", "ground_truth"]:
-            scoring["ground_truth"] = value
+        if keys in (["eval", "ground_truth"], ["eval", "box_threshold"]):
+            scoring[keys[1]] = value
         elif len(keys) == 2 and keys[0] == "data":
             data[keys[1]] = value
         else:
-            raise WeakgroundError(f"eval --set {text!r}: only data.KEY=VALUE and eval.ground_truth=ink|patch "
-                                  "apply to multi-MNIST evaluation")
+            raise WeakgroundError(f"eval --set {text!r}: only data.KEY=VALUE, eval.ground_truth=ink|patch and "
+                                  "eval.box_threshold=F apply to multi-MNIST evaluation")
     data_config = from_dict(DataConfig, data, "--set data")
     config = dataclasses.replace(config, data=data_config, eval=from_dict(EvalConfig, scoring, "--set eval"))
     split = build_splits(data_config, (args.split,))[args.split]

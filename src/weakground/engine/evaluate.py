@@ -5,7 +5,8 @@ For every test image the method is asked every class. For each class present in 
 peak is scored by IoU with the nearest ground-truth box of that class (average IoU, Table 1), all boxes with
 their peak values feed per-class AP at each IoU threshold (Table 2), and the peak's position gives a pointing hit.
 For classes absent from the image, the peak value is compared with the present classes' peaks (AUROC): a map
-that stays blank for an absent digit scores 1.0.
+that stays blank for an absent digit scores 1.0. The ground-truth boxes are the digits' tight ink boxes, or with
+``eval.ground_truth: patch`` the 28x28 patches they were pasted into (seed 000 does not say which it scored).
 """
 
 from __future__ import annotations
