@@ -127,7 +127,7 @@ def test_locate_and_eval_errors_write_nothing(trained, tmp_path, capsys):
     code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "train.epochs=1", "--out", report)
     assert code == 2 and "only data.KEY=VALUE, eval.ground_truth" in err and not report.exists()
     code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--set", "eval.ground_truth=cell", "--out", report)
-    assert code == 2 and "eval.ground_truth must be one of 'ink', 'patch'" in err and not report.exists()
+    assert code == 2 and "eval.ground_truth must be one of ink, patch" in err and not report.exists()
     assert len(err.strip().splitlines()) == 1
     pre = trained / "checkpoints" / "pretrain_last.safetensors"
     code, _, err = run(capsys, "eval", "--checkpoint", pre, "--out", report)

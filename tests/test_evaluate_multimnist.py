@@ -46,6 +46,20 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+def _component_box(seed: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """Box of the 8-connected union of patches that touch ``seed`` (grid cells side by side touch)."""
+    box = seed.copy()
+    changed = True
+    while changed:
+        changed = False
+        for p in patches:
+            touches = p[0] <= box[2] and box[0] <= p[2] and p[1] <= box[3] and box[1] <= p[3]
+            grown = np.array([min(box[0], p[0]), min(box[1], p[1]), max(box[2], p[2]), max(box[3], p[3])])
+            if touches and not np.array_equal(grown, box):
+                box, changed = grown, True
+    return box
+
+
 def _expected_avg_iou(scenes, truth: list[np.ndarray]) -> float:
     """By hand: the box around the oracle's peak is the union of the queried class's patches that touch the
     first one (argmax takes the first maximal pixel in row-major order, and grid cells side by side or corner to
@@ -63,30 +77,17 @@ def test_patch_oracle_scored_by_hand_against_patches_and_ink(scenes):
     config = EvalConfig(box_threshold=0.5, batch_size=5)
     patch = evaluate_label_grounding(PatchOracle(scenes), scenes, dataclasses.replace(config, ground_truth="patch"))
     assert patch["protocol"]["ground_truth_boxes"].startswith("the 28x28 patch")
-    assert patch["avg_iou"] == pytest.approx(_expected_avg_iou(scenes, scenes.patch_boxes), abs=1e-4)  # the library computes IoU in float32
+    # abs=1e-4: the library computes IoU in float32
+    assert patch["avg_iou"] == pytest.approx(_expected_avg_iou(scenes, scenes.patch_boxes), abs=1e-4)
     ink = evaluate_label_grounding(PatchOracle(scenes), scenes, config)
     assert ink["protocol"]["ground_truth_boxes"].startswith("tight box")
-    assert ink["avg_iou"] == pytest.approx(_expected_avg_iou(scenes, scenes.boxes), abs=1e-4)  # the library computes IoU in float32
+    assert ink["avg_iou"] == pytest.approx(_expected_avg_iou(scenes, scenes.boxes), abs=1e-4)
     assert ink["avg_iou"] < patch["avg_iou"] - 20  # ink boxes are much tighter than the patches
     assert ink["pointing_accuracy"] < patch["pointing_accuracy"] == 1.0  # the peak pixel is a patch corner
 
 
-def _component_box(seed: np.ndarray, patches: np.ndarray) -> np.ndarray:
-    """Box of the 8-connected union of patches that touch ``seed`` (grid cells side by side touch)."""
-    box = seed.copy()
-    changed = True
-    while changed:
-        changed = False
-        for p in patches:
-            touches = p[0] <= box[2] and box[0] <= p[2] and p[1] <= box[3] and box[1] <= p[3]
-            grown = np.array([min(box[0], p[0]), min(box[1], p[1]), max(box[2], p[2]), max(box[3], p[3])])
-            if touches and not np.array_equal(grown, box):
-                box, changed = grown, True
-    return box
-
-
 def test_unknown_ground_truth_is_a_config_error(scenes):
-    with pytest.raises(ConfigError, match="eval.ground_truth must be one of 'ink', 'patch', got 'cell'"):
+    with pytest.raises(ConfigError, match="eval.ground_truth must be one of ink, patch, got 'cell'"):
         evaluate_label_grounding(PatchOracle(scenes), scenes, EvalConfig(ground_truth="cell"))
 
 

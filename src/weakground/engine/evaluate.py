@@ -20,6 +20,7 @@ from torch import nn
 from weakground.config import EvalConfig
 from weakground.data.batches import images_to_tensor
 from weakground.errors import ConfigError
+from weakground.methods.base import check_choice
 from weakground.metrics import auroc, box_iou, class_average_precision, heatmap_to_boxes, mean_ap, peak_box, resize_heatmap
 
 
@@ -29,9 +30,7 @@ GROUND_TRUTH_BOXES = {"ink": "tight box of each digit's ink, pixel edges",
 
 def check_ground_truth(config: EvalConfig) -> None:
     """Raises ConfigError, in one line, for an unknown ``eval.ground_truth``."""
-    if config.ground_truth not in GROUND_TRUTH_BOXES:
-        raise ConfigError(f"eval.ground_truth must be one of {', '.join(map(repr, GROUND_TRUTH_BOXES))}, "
-                          f"got {config.ground_truth!r}")
+    check_choice(config, "ground_truth", tuple(GROUND_TRUTH_BOXES), section="eval")
 
 
 def ground_truth_boxes(dataset: Any, config: EvalConfig) -> list[np.ndarray]:

@@ -134,11 +134,11 @@ class Grounder(nn.Module):
         raise NotImplementedError(f"method {self.name!r} has no joint image-text space")
 
 
-def check_choice(config: Any, key: str, allowed: tuple[str, ...] | list[str]) -> None:
-    """One-line error when ``method.params.<key>`` is not among ``allowed`` (the settings with a fixed set of values)."""
+def check_choice(config: Any, key: str, allowed: tuple[str, ...] | list[str], section: str = "method.params") -> None:
+    """One-line error when ``<section>.<key>`` is not among ``allowed`` (the settings with a fixed set of values)."""
     value = getattr(config, key)
     if value not in allowed:
-        raise ConfigError(f"method.params.{key} must be one of {', '.join(allowed)}, got {value!r}")
+        raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def create_method(
