@@ -9,7 +9,8 @@ from weakground.config import BackboneConfig
 from weakground.engine.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from weakground.errors import ConfigError, InputError, WeakgroundError
 from weakground.methods import create_method
-from weakground.methods.multilevel import multilevel_scores, pieces_to_words, selected_maps
+from weakground.methods.multilevel import multilevel_scores, selected_maps
+from weakground.text.minilm import pieces_to_words
 
 RGB = BackboneConfig(in_channels=3)
 SMALL = {"dim": 32}

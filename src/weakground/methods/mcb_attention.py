@@ -63,6 +63,10 @@ class MCBAttentionConfig:
     joint_dim: int = 256  # the joint image-text space of the ranking loss
     ranking_margin: float = 0.2  # margin of the triplet ranking loss (on cosines)
     negatives: str = "hardest"  # in-batch negatives: "random", "hardest" or "all" (losses.triplet_ranking_loss)
+    # "sentence": the caption's MiniLM sentence embedding is the one query; "words": each word of the caption is a
+    # query of its own, as one label is in the paper, and the caption's score pools the words' (see mcb_captions)
+    caption_queries: str = "sentence"
+    gamma_words: float = 5.0  # the word pooling's gamma (caption_queries: words), seed 001's gamma_1
 
 
 @METHODS.register("mcb_attention")

@@ -10,6 +10,17 @@ Fang et al. supervise f' with the queried class; with captions there is no class
 caption of the batch; the other captions and images are the negatives) plus the paper's beta * mean(r^2). The
 attended feature can only match the caption if the attention sits on what the caption describes. A phrase's
 heatmap is its attention map r.
+
+``caption_queries: words`` brings the queries back to the paper's size: there one query names one thing (a class
+label), while a whole caption names several, so its one map has no reason to prefer the phrase asked about at
+test time over the caption's other objects. Here each word of the caption is a query of its own (its contextual
+MiniLM state, so "circle" in "a red circle left of a square" knows it is red):
+
+    word w --dense 128, ReLU--> q_w --MCB attention--> r_w --pool, linear--> u_w      s_w = cos(u_w, W_t e_w + b_t)
+    S(image, caption) = 1/gamma log sum_w exp(gamma s_w)                      seed 001's soft maximum over words
+
+and a phrase's heatmap is its words' maps weighted by softmax_w(gamma s_w), the share each word has in that soft
+maximum (its gradient), so the words that match the image draw the map.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from torch.nn import functional as F
 
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
-from weakground.losses import RANKING_NEGATIVES, attention_sparsity, triplet_ranking_loss
+from weakground.losses import RANKING_NEGATIVES, attention_sparsity, log_sum_exp_pool, triplet_ranking_loss
 from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
 from weakground.methods.base import check_choice
 from weakground.methods.mcb_attention import MCBAttention, MCBAttentionConfig
@@ -46,6 +57,9 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         super(MCBAttention, self).__init__(config, backbone_config, class_names)
         self._check_pooling()
         check_choice(config, "negatives", RANKING_NEGATIVES)
+        check_choice(config, "caption_queries", ("sentence", "words"))
+        if not config.gamma_words > 0:
+            raise ConfigError(f"method.params.gamma_words must be > 0, got {config.gamma_words}")
         if config.mining:
             raise ConfigError("method.params.mining needs a classifier to mine against: it applies to query 'onehot' "
                               "or 'phrase', not 'caption'")
@@ -69,27 +83,58 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
     def _query_vectors(self, phrases: list[str]) -> Tensor:
         return F.relu(self.query_dense(self._sentences(phrases)))
 
+    def _text_units(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """The texts' queries: ``units [N, 384]`` and ``mask [T, W]`` (bool), units in row-major order of the mask.
+
+        ``caption_queries: sentence``: one unit per text, its sentence embedding (``W = 1``). ``words``: every word
+        of every text (:meth:`weakground.text.minilm.MiniLM.words`).
+        """
+        device = self.query_dense.weight.device
+        if self.config.caption_queries == "sentence":
+            return self._sentences(texts), torch.ones(len(texts), 1, dtype=torch.bool, device=device)
+        words, mask = self.text_encoder.words(list(texts))
+        mask = mask.to(device)
+        return words.to(device)[mask], mask
+
     # -- scores ----------------------------------------------------------------------------------------------------
-    def _pair_scores(self, features: Tensor, attention: Tensor, sentences: Tensor) -> Tensor:
-        """Cosine in the joint space of each image attended with each text and that text.
+    def _pair_scores(self, features: Tensor, attention: Tensor, units: Tensor) -> Tensor:
+        """Cosine in the joint space of each image attended with each query and that query's text.
 
         Args:
             features: ``[B, C, h, w]``.
-            attention: ``[B, T, h, w]``, image b attended with text t.
-            sentences: ``[T, 384]``.
+            attention: ``[B, N, h, w]``, image b attended with query n.
+            units: ``[N, 384]`` the queries' text embeddings (sentences or words, see :meth:`_text_units`).
 
         Returns:
-            ``[B, T]``: ``S[b, t] = cos(W_i f'_{bt} + b_i, W_t e_t + b_t)``.
+            ``[B, N]``: ``S[b, n] = cos(W_i f'_{bn} + b_i, W_t e_n + b_t)``.
         """
-        image = F.normalize(self.image_proj(self.pooled(features, attention)), dim=-1)  # [B, T, D]
-        text = F.normalize(self.text_proj(sentences), dim=-1)  # [T, D]
-        return torch.einsum("btd,td->bt", image, text)
+        image = F.normalize(self.image_proj(self.pooled(features, attention)), dim=-1)  # [B, N, D]
+        text = F.normalize(self.text_proj(units), dim=-1)  # [N, D]
+        return torch.einsum("bnd,nd->bn", image, text)
+
+    def _unit_scores(self, features: Tensor, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Every image attended with every query of ``texts``: scores ``[B, N]``, attention ``[B, N, h, w]`` and
+        the texts' unit ``mask [T, W]``."""
+        units, mask = self._text_units(texts)
+        attention = self.attend(features, F.relu(self.query_dense(units)))
+        return self._pair_scores(features, attention, units), attention, mask
+
+    @staticmethod
+    def _by_text(unit_values: Tensor, mask: Tensor, fill: float) -> Tensor:
+        """``[B, N]`` per-unit values -> ``[B, T, W]``, ``fill`` where the mask is False."""
+        grid = unit_values.new_full((unit_values.shape[0],) + tuple(mask.shape), fill)
+        grid[:, mask] = unit_values
+        return grid
+
+    def _text_scores(self, unit_scores: Tensor, mask: Tensor) -> Tensor:
+        """``[B, N]`` -> ``[B, T]``: a text's score is its one unit's, or the soft maximum over its words."""
+        if mask.shape[1] == 1:
+            return unit_scores
+        return log_sum_exp_pool(self._by_text(unit_scores, mask, 0.0), mask, self.config.gamma_words)
 
     def _scores_and_attention(self, images: Tensor, texts: list[str]) -> tuple[Tensor, Tensor]:
-        features = self.backbone(images)
-        sentences = self._sentences(texts)
-        attention = self.attend(features, F.relu(self.query_dense(sentences)))  # every image x every text
-        return self._pair_scores(features, attention, sentences), attention
+        unit_scores, attention, mask = self._unit_scores(self.backbone(images), texts)
+        return self._text_scores(unit_scores, mask), attention
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
         """The exact score ``[B, T]``: every image attended with every text (f' depends on the query), so the cost
@@ -110,15 +155,37 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         return F.normalize(self.image_proj(self.backbone(images).mean(dim=(2, 3))), dim=-1)
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        """``[T, D]``: the projected caption embedding (exactly the text side of :meth:`scores`)."""
-        return F.normalize(self.text_proj(self._sentences(texts)), dim=-1)
+        """``[T, D]``: the projected caption embedding (exactly the text side of :meth:`scores`); with
+        ``caption_queries: words`` the unit mean of the projected words (the text side of each word's score)."""
+        if self.config.caption_queries == "sentence":
+            return F.normalize(self.text_proj(self._sentences(texts)), dim=-1)
+        units, mask = self._text_units(texts)
+        words = self._by_text(F.normalize(self.text_proj(units), dim=-1)[None], mask, 0.0)[0]  # [T, W, D]
+        return F.normalize(words.sum(1), dim=-1)
+
+    # -- grounding -------------------------------------------------------------------------------------------------
+    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """``[B, P, h, w]`` in (0, 1): the phrase's attention map, or (``caption_queries: words``) its words' maps
+        weighted by ``softmax_w(gamma s_w)``."""
+        if self.config.caption_queries == "sentence":
+            return super().heatmaps(images, phrases)
+        images = self.prepare_images(images)
+        if not phrases:
+            return images.new_zeros((images.shape[0], 0) + tuple(images.shape[-2:]))
+        unit_scores, attention, mask = self._unit_scores(self.backbone(images), phrases)
+        logits = self._by_text(self.config.gamma_words * unit_scores, mask, float("-inf"))
+        weights = torch.softmax(logits, dim=-1)[:, mask]  # [B, N], sums to 1 over each phrase's words
+        owner = mask.nonzero()[:, 0]
+        maps = attention.new_zeros((attention.shape[0], len(phrases)) + tuple(attention.shape[-2:]))
+        return maps.index_add_(1, owner, weights[..., None, None] * attention)
 
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Batch ``{"images": [B, 3, S, S], "captions": B strings}``, caption i describing image i.
 
         ``L = L_rank(S) + beta * mean(r^2)`` with ``S`` the ``[B, B]`` scores of every image attended with every
-        caption, ``L_rank`` :func:`weakground.losses.triplet_ranking_loss` and ``r`` all B x B attention maps.
+        caption, ``L_rank`` :func:`weakground.losses.triplet_ranking_loss` and ``r`` all B x B attention maps
+        (B x words with ``caption_queries: words``).
         """
         images, captions = batch["images"], batch["captions"]
         if len(captions) != images.shape[0]:

@@ -37,6 +37,7 @@ from weakground.losses import batch_softmax_loss, log_sum_exp_pool
 from weakground.methods.base import Grounder, check_choice
 from weakground.methods.caption_parts import FrozenEvalMixin
 from weakground.registry import METHODS
+from weakground.text.minilm import pieces_to_words
 
 TAPS = ("c2", "c3", "c4", "c5")  # strides 4/8/16/32 (EfficientNet) or the four ResNet stages
 # The paper's single-level rows use PNASNet's Cell 7 ("middle": the last cell at stride 16) and Cell 11 ("last").
@@ -136,42 +137,6 @@ def mapping(in_dim: int, dim: int, layers: int, nonlinear: bool, slope: float) -
         if i < layers - 1:
             modules.append(nn.LeakyReLU(slope))
     return nn.Sequential(*modules)
-
-
-def pieces_to_words(pieces: list[list[str]], length: int) -> tuple[Tensor, Tensor]:
-    """Averaging weights that pool MiniLM word pieces into words.
-
-    A piece starting with ``##`` continues the word before it; ``[CLS]``, ``[SEP]`` and pieces with no letter or
-    digit (punctuation, which BERT splits off as pieces of their own) belong to no word. A text with no word
-    (empty, punctuation only) gets one pseudo-word averaging all its pieces, specials included: MiniLM's own
-    sentence pooling, so every text has a word and the empty text is handled like any other.
-
-    Args:
-        pieces: per text, its pieces including the specials (``TokenEmbeddings.tokens``).
-        length: T, the padded piece count.
-
-    Returns:
-        ``pool [C, W, T]`` (rows sum to 1 for real words) and ``mask [C, W]`` bool.
-    """
-    groups: list[list[list[int]]] = []
-    for text in pieces:
-        words: list[list[int]] = []
-        for i, piece in enumerate(text):
-            if piece in ("[CLS]", "[SEP]") or not any(ch.isalnum() for ch in piece):
-                continue
-            if piece.startswith("##") and words and words[-1][-1] == i - 1:
-                words[-1].append(i)
-            else:
-                words.append([i])
-        groups.append(words or [list(range(len(text)))])
-    n_words = max(len(g) for g in groups)
-    pool = torch.zeros(len(pieces), n_words, length)
-    mask = torch.zeros(len(pieces), n_words, dtype=torch.bool)
-    for c, words in enumerate(groups):
-        for w, idx in enumerate(words):
-            pool[c, w, idx] = 1.0 / len(idx)
-            mask[c, w] = True
-    return pool, mask
 
 
 @METHODS.register("multilevel")

@@ -85,6 +85,15 @@ class MiniLM(nn.Module):
         return TokenEmbeddings(hidden, batch["attention_mask"], pieces)
 
     @torch.no_grad()
+    def words(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Contextual word embeddings: ``[N, W, 384]`` (each word the mean of its pieces' last-layer states, not
+        normalised) and the word ``mask [N, W]`` (bool; every text has at least one word, see
+        :func:`pieces_to_words`)."""
+        out = self.tokens(texts)
+        pool, mask = pieces_to_words(out.tokens, out.hidden.shape[1])
+        return pool.to(out.hidden) @ out.hidden, mask.to(out.hidden.device)
+
+    @torch.no_grad()
     def embed(self, texts: list[str]) -> Tensor:
         """Unit sentence embeddings ``[N, 384]`` (masked mean of the last layer, then L2 normalisation)."""
         if not texts:
@@ -116,6 +125,42 @@ class MiniLM(nn.Module):
             _save_quietly(table, path)
         self._memory[key] = table
         return table.to(self.device)
+
+
+def pieces_to_words(pieces: list[list[str]], length: int) -> tuple[Tensor, Tensor]:
+    """Averaging weights that pool MiniLM word pieces into words.
+
+    A piece starting with ``##`` continues the word before it; ``[CLS]``, ``[SEP]`` and pieces with no letter or
+    digit (punctuation, which BERT splits off as pieces of their own) belong to no word. A text with no word
+    (empty, punctuation only) gets one pseudo-word averaging all its pieces, specials included: MiniLM's own
+    sentence pooling, so every text has a word and the empty text is handled like any other.
+
+    Args:
+        pieces: per text, its pieces including the specials (``TokenEmbeddings.tokens``).
+        length: T, the padded piece count.
+
+    Returns:
+        ``pool [C, W, T]`` (rows sum to 1 for real words) and ``mask [C, W]`` bool.
+    """
+    groups: list[list[list[int]]] = []
+    for text in pieces:
+        words: list[list[int]] = []
+        for i, piece in enumerate(text):
+            if piece in ("[CLS]", "[SEP]") or not any(ch.isalnum() for ch in piece):
+                continue
+            if piece.startswith("##") and words and words[-1][-1] == i - 1:
+                words[-1].append(i)
+            else:
+                words.append([i])
+        groups.append(words or [list(range(len(text)))])
+    n_words = max(len(g) for g in groups)
+    pool = torch.zeros(len(pieces), n_words, length)
+    mask = torch.zeros(len(pieces), n_words, dtype=torch.bool)
+    for c, words in enumerate(groups):
+        for w, idx in enumerate(words):
+            pool[c, w, idx] = 1.0 / len(idx)
+            mask[c, w] = True
+    return pool, mask
 
 
 def _save_quietly(table: Tensor, path: Path) -> None:
