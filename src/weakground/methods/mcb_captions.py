@@ -121,8 +121,8 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
 
     @staticmethod
     def _by_text(unit_values: Tensor, mask: Tensor, fill: float) -> Tensor:
-        """``[B, N]`` per-unit values -> ``[B, T, W]``, ``fill`` where the mask is False."""
-        grid = unit_values.new_full((unit_values.shape[0],) + tuple(mask.shape), fill)
+        """``[B, N, ...]`` per-unit values -> ``[B, T, W, ...]``, ``fill`` where the mask is False."""
+        grid = unit_values.new_full((unit_values.shape[0],) + tuple(mask.shape) + tuple(unit_values.shape[2:]), fill)
         grid[:, mask] = unit_values
         return grid
 
