@@ -68,7 +68,53 @@ def test_scores_attend_each_image_with_each_text(model):
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
 
 
-@pytest.mark.parametrize("params", [{}, {"negatives": "random", "pooling": "normalized"}])
+@pytest.fixture(scope="module")
+def word_model():
+    return make(caption_queries="words").eval()
+
+
+def _word_pair_scores(model, x, text):
+    """A naive reference: each word of one text attended on its own, then its cosine with the word."""
+    words, mask = model.text_encoder.words([text])
+    words = words[0][mask[0]]  # [W, 384]
+    features = model.backbone(x)
+    attention = model.attend(features, F.relu(model.query_dense(words)))  # [B, W, h, w]
+    u = F.normalize(model.image_proj((features[:, None] * attention[:, :, None]).mean(dim=(3, 4))), dim=-1)
+    v = F.normalize(model.text_proj(words), dim=-1)
+    return (u * v).sum(-1), attention, v  # [B, W], [B, W, h, w], [W, D]
+
+
+@torch.no_grad()
+def test_word_queries_score_a_caption_by_the_soft_maximum_over_its_words(word_model):
+    x = images(2)
+    scores = word_model.scores(x, CAPTIONS + [""])
+    assert scores.shape == (2, 5) and torch.isfinite(scores).all()
+    for t, text in enumerate(CAPTIONS + [""]):
+        per_word, _, v = _word_pair_scores(word_model, x, text)
+        gamma = word_model.config.gamma_words
+        expected = torch.logsumexp(gamma * per_word, dim=-1) / gamma
+        torch.testing.assert_close(scores[:, t], expected, rtol=1e-4, atol=1e-5)
+        mean_word = F.normalize(v.mean(0), dim=-1)  # the text side of retrieval: the unit mean of its words
+        torch.testing.assert_close(word_model.encode_text([text])[0], mean_word, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_word_queries_draw_a_phrase_map_from_its_words_weighted_by_their_match(word_model):
+    x = images(2, 64, 64)
+    phrases = ["a small blue square", "circle", "", "zxqv flurbish"]
+    maps = word_model.heatmaps(x, phrases)
+    assert maps.shape == (2, 4, 4, 4)
+    assert torch.isfinite(maps).all() and (maps > 0).all() and (maps < 1).all()  # convex mixtures of sigmoids
+    for p, phrase in enumerate(phrases):
+        per_word, attention, _ = _word_pair_scores(word_model, x, phrase)
+        weights = torch.softmax(word_model.config.gamma_words * per_word, dim=-1)  # [B, W]
+        expected = (weights[..., None, None] * attention).sum(1)
+        torch.testing.assert_close(maps[:, p], expected, rtol=1e-4, atol=1e-5)
+    assert word_model.heatmaps(x, []).shape[:2] == (2, 0)
+
+
+@pytest.mark.parametrize("params", [{}, {"negatives": "random", "pooling": "normalized"},
+                                    {"caption_queries": "words", "mcb_post": "l2"}])
 def test_loss_decreases_on_a_tiny_batch(params):
     m = make(**params).train()
     batch = {"images": images(4), "captions": CAPTIONS}
@@ -141,3 +187,7 @@ def test_config_errors():
         make(query="sentence")
     with pytest.raises(WeakgroundError, match="mining needs a classifier"):
         make(mining=0.1)
+    with pytest.raises(WeakgroundError, match="caption_queries"):
+        make(caption_queries="phrases")
+    with pytest.raises(WeakgroundError, match="gamma_words must be > 0"):
+        make(caption_queries="words", gamma_words=0.0)
