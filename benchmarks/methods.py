@@ -47,7 +47,10 @@ HEATMAP_SETTINGS = {
     "multilevel": {"word maps": {"heatmap": "words"}, "sentence map": {"heatmap": "sentence"}},
     "matchmap": {"mean of words": {"heatmap_words": "mean"}, "max-weighted words": {"heatmap_words": "max_weighted"}},
     "dsve_loc": {"relu floor": {"heatmap_floor": "relu"}, "min floor": {"heatmap_floor": "min"}},
-    "mcb_attention": {"attention map": {}},
+    # the preset's word queries: a phrase's map mixes its words' maps by softmax(gamma s_w); a small gamma weighs
+    # the words almost equally, a large one keeps the best-matching word's map
+    "mcb_attention": {"word maps, gamma 5 (trained)": {}, "word maps, gamma 0.01": {"gamma_words": 0.01},
+                      "word maps, gamma 100": {"gamma_words": 100.0}},
 }
 SHIFT_AVERAGES = (1, 2)  # eval.shift_average values `inference` tries: one pass, or 2x2 copies shifted by half a stride
 # seed 001's ablations as overrides of the multilevel preset (name -> settings); see docs of the method.
