@@ -176,7 +176,10 @@ class MCBAttention(Grounder):
         images = self.prepare_images(images)
         if not phrases:
             return images.new_zeros((images.shape[0], 0) + tuple(images.shape[-2:]))
-        features = self.backbone(images)
+        return self._phrase_maps(self.backbone(images), phrases)
+
+    def _phrase_maps(self, features: Tensor, phrases: list[str]) -> Tensor:
+        """``[B, P, h, w]``: each phrase's attention map (the caption mode's word queries mix several)."""
         return self.attend(features, self._query_vectors(phrases))
 
     def pooled(self, features: Tensor, attention: Tensor) -> Tensor:

@@ -164,15 +164,12 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         return F.normalize(words.sum(1), dim=-1)
 
     # -- grounding -------------------------------------------------------------------------------------------------
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def _phrase_maps(self, features: Tensor, phrases: list[str]) -> Tensor:
         """``[B, P, h, w]`` in (0, 1): the phrase's attention map, or (``caption_queries: words``) its words' maps
         weighted by ``softmax_w(gamma s_w)``."""
         if self.config.caption_queries == "sentence":
-            return super().heatmaps(images, phrases)
-        images = self.prepare_images(images)
-        if not phrases:
-            return images.new_zeros((images.shape[0], 0) + tuple(images.shape[-2:]))
-        unit_scores, attention, mask = self._unit_scores(self.backbone(images), phrases)
+            return super()._phrase_maps(features, phrases)
+        unit_scores, attention, mask = self._unit_scores(features, phrases)
         logits = self._by_text(self.config.gamma_words * unit_scores, mask, float("-inf"))
         weights = torch.softmax(logits, dim=-1)[:, mask]  # [B, N], sums to 1 over each phrase's words
         owner = mask.nonzero()[:, 0]

@@ -37,7 +37,7 @@ from weakground.losses import batch_softmax_loss, log_sum_exp_pool
 from weakground.methods.base import Grounder, check_choice
 from weakground.methods.caption_parts import FrozenEvalMixin
 from weakground.registry import METHODS
-from weakground.text.minilm import pieces_to_words
+from weakground.text.minilm import word_states
 
 TAPS = ("c2", "c3", "c4", "c5")  # strides 4/8/16/32 (EfficientNet) or the four ResNet stages
 # The paper's single-level rows use PNASNet's Cell 7 ("middle": the last cell at stride 16) and Cell 11 ("last").
@@ -258,7 +258,7 @@ class Multilevel(FrozenEvalMixin, Grounder):
 
     def encode_words(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         """Texts to the common space: ``words [C, W, D]`` and ``sentence [C, D]`` (unit vectors) and the word
-        ``mask [C, W]`` (bool; at least one word per text, see :func:`pieces_to_words`)."""
+        ``mask [C, W]`` (bool; at least one word per text, see :func:`weakground.text.minilm.pieces_to_words`)."""
         if self.config.text_encoder == "bilstm":
             tokens, mask, sentence = self.text_encoder(list(texts))
         else:
@@ -267,9 +267,7 @@ class Multilevel(FrozenEvalMixin, Grounder):
             pooled = (hidden * piece_mask[..., None]).sum(1) / piece_mask.sum(1, keepdim=True).clamp_min(1)
             sentence = F.normalize(pooled, dim=-1)  # MiniLM's own sentence embedding (MiniLM.embed)
             if self.config.word_units == "words":
-                pool, mask = pieces_to_words(out.tokens, hidden.shape[1])
-                tokens = pool.to(hidden.device) @ hidden
-                mask = mask.to(hidden.device)
+                tokens, mask = word_states(hidden, out.tokens)
             else:  # every piece but [CLS] / [SEP]; an empty text keeps [CLS] as its only "word"
                 mask = piece_mask.clone()
                 lengths = piece_mask.sum(1)

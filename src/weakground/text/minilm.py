@@ -90,8 +90,7 @@ class MiniLM(nn.Module):
         normalised) and the word ``mask [N, W]`` (bool; every text has at least one word, see
         :func:`pieces_to_words`)."""
         out = self.tokens(texts)
-        pool, mask = pieces_to_words(out.tokens, out.hidden.shape[1])
-        return pool.to(out.hidden) @ out.hidden, mask.to(out.hidden.device)
+        return word_states(out.hidden, out.tokens)
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> Tensor:
@@ -161,6 +160,13 @@ def pieces_to_words(pieces: list[list[str]], length: int) -> tuple[Tensor, Tenso
             pool[c, w, idx] = 1.0 / len(idx)
             mask[c, w] = True
     return pool, mask
+
+
+def word_states(hidden: Tensor, pieces: list[list[str]]) -> tuple[Tensor, Tensor]:
+    """Piece states ``[C, T, E]`` -> word states ``[C, W, E]`` (each word the mean of its pieces) and the word
+    ``mask [C, W]`` (bool), on ``hidden``'s device and in its dtype; see :func:`pieces_to_words`."""
+    pool, mask = pieces_to_words(pieces, hidden.shape[1])
+    return pool.to(hidden) @ hidden, mask.to(hidden.device)
 
 
 def _save_quietly(table: Tensor, path: Path) -> None:
