@@ -109,34 +109,31 @@ class CompactBilinearPooling(nn.Module):
         Returns:
             ``[B, P, S, H]``, equal to ``linear(self(visual[:, None], text[:, :, None]))``.
 
-        Only for ``post`` ``"l2"`` or ``"none"``. Why it works: ``x = irfft(X)`` is a real linear map of
-        ``(Re X, Im X)``, so ``W x`` is one too, with ``H x K`` matrices ``W_re, W_im`` (K = d // 2 + 1) read off
-        by pushing unit spectra through ``irfft``. With ``X = V T`` element-wise, ``W x = [Re V, Im V] . A(T)``
-        where ``A(T)`` depends on the query alone, so one batched product of size ``S x 2K x H`` per pair
-        replaces the FFT, the d-vectors and the layer. The L2 norm comes from Parseval's theorem,
-        ``|x|^2 = sum_k c_k / d |V_k|^2 |T_k|^2`` (``c_k`` = 2, except 1 at the frequencies 0 and d/2), another
-        small product. On multi-MNIST this moves ~8x fewer bytes than the unfused path, which is bound by
-        memory traffic on a CPU.
+        Only for ``post`` ``"l2"`` or ``"none"``. Why it works: the sketch sends the outer product's entry
+        ``v_i t_j`` to bin ``(h1(i) + h2(j)) mod d`` with sign ``s1(i) s2(j)``, so a linear layer ``W`` on the
+        sketch is the bilinear form ``W x = sum_ij v_i t_j s1(i) s2(j) W[:, (h1(i) + h2(j)) mod d]``: its
+        ``H x n1 x n2`` tensor is a gather of W's columns. Each query contracts it to an ``H x n1`` matrix, and
+        each position costs ``n1 x H``, instead of the FFT, the d-vectors (``d`` >> ``n1`` here) and the layer.
+        The L2 norm comes from Parseval's theorem, ``|x|^2 = sum_k c_k / d |V_k|^2 |T_k|^2`` (V, T the
+        sketches' spectra; ``c_k`` = 2, except 1 at the frequencies 0 and d/2), a product of size K = d // 2 + 1
+        per pair. On a CPU the unfused path is bound by the memory traffic of the d-vectors.
         """
         if not self.fuses_linear:
             raise ValueError("fused_linear needs post 'l2' or 'none': the signed square root acts on each of the "
                              "d entries, so the d-vectors must be formed")
         d = self.out_dim
         with torch.autocast(device_type=visual.device.type, enabled=False):
-            v, t = self._spectra(visual, text)  # [B, S, K], [B|1, P, K]
-            k = v.shape[-1]
-            eye = torch.eye(k, device=v.device, dtype=v.dtype)
-            weight = linear.weight.float()  # [H, d]
-            w_re = weight @ torch.fft.irfft(eye, n=d, dim=-1).T  # [H, K]: W x for X = e_k
-            w_im = weight @ torch.fft.irfft(1j * eye, n=d, dim=-1).T  # [H, K]: W x for X = i e_k
-            # Re X = Re V Re T - Im V Im T and Im X = Re V Im T + Im V Re T, so W x = Re V . q_re + Im V . q_im:
-            t_re, t_im = t.real[..., None, :], t.imag[..., None, :]  # [B|1, P, 1, K]
-            q_re = t_re * w_re + t_im * w_im  # [B|1, P, H, K]
-            q_im = t_im * w_re.neg() + t_re * w_im
-            coefficients = torch.cat([q_re, q_im], dim=-1)  # [B|1, P, H, 2K]
-            spectra = torch.cat([v.real, v.imag], dim=-1)[:, None]  # [B, 1, S, 2K]
-            out = spectra @ coefficients.transpose(-1, -2)  # [B, P, S, H]
+            visual, text = visual.float(), text.float()
+            one, two = self.sketch_visual, self.sketch_text
+            bins = (one.hashes[:, None] + two.hashes[None, :]) % d  # [n1, n2]
+            signs = one.signs[:, None] * two.signs[None, :]
+            bilinear = linear.weight.float()[:, bins] * signs  # [H, n1, n2]
+            h, n1, n2 = bilinear.shape
+            per_query = (text @ bilinear.reshape(h * n1, n2).T).unflatten(-1, (h, n1))  # [B|1, P, H, n1]
+            out = visual[:, None] @ per_query.transpose(-1, -2)  # [B, P, S, H]
             if self.post == "l2":
+                v, t = self._spectra(visual, text)  # [B, S, K], [B|1, P, K]
+                k = v.shape[-1]
                 c = torch.full((k,), 2.0 / d, device=v.device)
                 c[0] = 1.0 / d
                 if d % 2 == 0:
