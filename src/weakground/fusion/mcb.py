@@ -113,7 +113,8 @@ class CompactBilinearPooling(nn.Module):
         ``v_i t_j`` to bin ``(h1(i) + h2(j)) mod d`` with sign ``s1(i) s2(j)``, so a linear layer ``W`` on the
         sketch is the bilinear form ``W x = sum_ij v_i t_j s1(i) s2(j) W[:, (h1(i) + h2(j)) mod d]``: its
         ``H x n1 x n2`` tensor is a gather of W's columns. Each query contracts it to an ``H x n1`` matrix, and
-        each position costs ``n1 x H``, instead of the FFT, the d-vectors (``d`` is usually several times ``n1``) and the layer.
+        each position costs ``n1 x H``, instead of the FFT, the d-vectors (``d`` is usually several times
+        ``n1``) and the layer.
         The L2 norm comes from Parseval's theorem, ``|x|^2 = sum_k c_k / d |V_k|^2 |T_k|^2`` (V, T the
         sketches' spectra; ``c_k`` = 2, except 1 at the frequencies 0 and d/2), a product of size K = d // 2 + 1
         per pair. On a CPU the unfused path is bound by the memory traffic of the d-vectors.
