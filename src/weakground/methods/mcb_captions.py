@@ -171,10 +171,8 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
             return super()._phrase_maps(features, phrases)
         unit_scores, attention, mask = self._unit_scores(features, phrases)
         logits = self._by_text(self.config.gamma_words * unit_scores, mask, float("-inf"))
-        weights = torch.softmax(logits, dim=-1)[:, mask]  # [B, N], sums to 1 over each phrase's words
-        owner = mask.nonzero()[:, 0]
-        maps = attention.new_zeros((attention.shape[0], len(phrases)) + tuple(attention.shape[-2:]))
-        return maps.index_add_(1, owner, weights[..., None, None] * attention)
+        weights = torch.softmax(logits, dim=-1)  # [B, P, W], sums to 1 over each phrase's words (0 on padding)
+        return (weights[..., None, None] * self._by_text(attention, mask, 0.0)).sum(2)
 
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
