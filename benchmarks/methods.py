@@ -52,7 +52,8 @@ HEATMAP_SETTINGS = {
     "mcb_attention": {"word maps, gamma 5 (trained)": {}, "word maps, gamma 0.01": {"gamma_words": 0.01},
                       "word maps, gamma 100": {"gamma_words": 100.0}},
 }
-SHIFT_AVERAGES = (1, 2)  # eval.shift_average values `inference` tries: one pass, or 2x2 copies shifted by half a stride
+# eval.shift_average values `inference` tries by default: one pass, or n x n copies shifted by stride / n
+SHIFT_AVERAGES = (1, 2, 3)
 # seed 001's ablations as overrides of the multilevel preset (name -> settings); see docs of the method.
 ABLATIONS = {  # slug -> (the README's label, overrides)
     "full": ("full model", []),
@@ -150,7 +151,7 @@ def inference(args: argparse.Namespace) -> None:
                "machine": machine_description()}
         for label, params in HEATMAP_SETTINGS[method].items():
             model.config = dataclasses.replace(trained, **params)  # read at call time by heatmaps()
-            for resize, shifts in itertools.product((False, True), SHIFT_AVERAGES):
+            for resize, shifts in itertools.product((False, True), args.shifts):
                 model.input_size = config.data.image_size if resize else None
                 model.shift_average = shifts
                 report = evaluate_phrase_grounding(model, spec, "val", max_images=config.data.n_val)
@@ -228,6 +229,8 @@ def main() -> None:
     p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--runs", default="runs/benchmarks", help="where `table` put its run directories")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--shifts", nargs="+", type=int, default=list(SHIFT_AVERAGES), metavar="N",
+                   help="eval.shift_average values to try (N x N shifted copies; 1: one pass)")
     p.set_defaults(func=inference)
     show = sub.add_parser("show", help="print the README's tables from the committed results, running nothing")
     show.set_defaults(func=show_results)
