@@ -176,6 +176,32 @@ def test_resnet_image_encoder_trains_at_the_backbone_rate():
     assert all(p.grad is not None for p in groups["backbone"]["params"])
 
 
+def test_finetuned_efficientnet_trains_at_the_backbone_rate_and_is_checkpointed(tmp_path):
+    m = make(finetune_image_encoder=True)
+    assert m.frozen_modules == ("text_encoder",)
+    m.train()
+    # BatchNorm keeps reading each batch's statistics while fine-tuned (the preset's measured choice)
+    assert m.backbone.training and not m.text_encoder.training
+    groups = {g["name"]: g for g in m.param_groups(0.1, 0.1)}
+    assert groups["backbone"]["lr"] == pytest.approx(0.01) and groups["head"]["lr"] == pytest.approx(0.1)
+    m.loss({"images": images(2, 64, 64), "captions": CAPTIONS[:2]})["total"].backward()
+    stem = m.backbone.net.net._conv_stem.weight  # the first layer: the gradient reaches through the encoder
+    assert any(p is stem for p in groups["backbone"]["params"]) and stem.grad.abs().sum() > 0
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.add_(0.01)  # stands in for a training run: the checkpoint must carry these weights
+    m.eval()
+    path = tmp_path / "tuned.safetensors"
+    save_checkpoint(path, m, {"method": "mcb_attention"})
+    state, _ = read_checkpoint(path)
+    assert any(k.startswith("backbone.") for k in state) and not any(k.startswith("text_encoder.") for k in state)
+    other = make(seed=7, finetune_image_encoder=True).eval()
+    x = images(2, 64, 64)
+    assert not torch.allclose(other.heatmaps(x, ["red circle"]), m.heatmaps(x, ["red circle"]))
+    load_weights(path, other, state)
+    torch.testing.assert_close(other.heatmaps(x, ["red circle"]), m.heatmaps(x, ["red circle"]))
+
+
 def test_config_errors():
     with pytest.raises(WeakgroundError, match="unknown key 'rank_margin'"):
         make(rank_margin=0.1)
