@@ -136,6 +136,8 @@ def inference(args: argparse.Namespace) -> None:
     from weakground.engine.phrase_eval import evaluate_phrase_grounding
     from weakground.engine.pipeline import load_grounder
 
+    if min(args.shifts) < 1:
+        sys.exit(f"--shifts: every value must be >= 1 (1: one pass), got {min(args.shifts)}")
     command = " ".join(["python", "benchmarks/methods.py"] + sys.argv[1:])
     path = RESULTS / "inference.json"
     for method in args.methods:
