@@ -57,6 +57,9 @@ class MCBAttentionConfig:
     # Weight of the attention-mining term (not in the paper; label mode only): the features the map leaves out,
     # pooled with 1 - r, should not name the queried digit. See MCBAttention.loss.
     mining: float = 0.0
+    # Weight of the erasing term (not in the paper; label mode only): the image with the first present query's map
+    # erased, seen by the model with its weights held fixed, must no longer show the digit. See erasing_loss.
+    erasing: float = 0.0
     # Caption mode (query: caption) only; see weakground.methods.mcb_captions.
     image_encoder: str = "efficientnet_lite0"  # or "resnet" (from backbone:, trained from scratch)
     level: str = "c4"  # EfficientNet-Lite level: c3 (stride 8), c4 (16), c5 / head (32)
@@ -89,8 +92,9 @@ class MCBAttention(Grounder):
         if config.query not in ("onehot", "phrase"):
             raise ConfigError(f"method.params.query must be 'onehot', 'phrase' or 'caption', got {config.query!r}")
         self._check_pooling()
-        if not config.mining >= 0:
-            raise ConfigError(f"method.params.mining must be >= 0, got {config.mining}")
+        for key in ("mining", "erasing"):
+            if not getattr(config, key) >= 0:
+                raise ConfigError(f"method.params.{key} must be >= 0, got {getattr(config, key)}")
         self.backbone = build_backbone(backbone_config)
         channels = self.backbone.out_channels
         self.query_encoder: nn.Module = (
@@ -232,6 +236,10 @@ class MCBAttention(Grounder):
             mining = self.mining_loss(features, attention[:, :n_present], batch["labels"])
             total = total + self.config.mining * mining
             parts["mining"] = mining.detach()
+        if self.config.erasing > 0:
+            erasing = self.erasing_loss(images, attention[:, 0], queries[:, 0], batch["labels"][:, 0])
+            total = total + self.config.erasing * erasing
+            parts["erasing"] = erasing.detach()
         return {"total": total, **parts, "accuracy": accuracy.detach()}
 
     def mining_loss(self, features: Tensor, attention: Tensor, labels: Tensor) -> Tensor:
@@ -250,6 +258,35 @@ class MCBAttention(Grounder):
         """
         rest_logits = self.classifier(self.pooled(features, 1.0 - attention))
         return rest_logits.softmax(-1).gather(-1, labels[..., None]).mean()
+
+    def erasing_loss(self, images: Tensor, attention: Tensor, queries: Tensor, labels: Tensor) -> Tensor:
+        """Mean probability that the model still finds each queried digit once its map is erased from the image.
+
+        The image is multiplied by ``1 - r`` (the map upsampled to the image) and run through the whole model
+        again, asked the same query, **with its weights held fixed**: the gradient reaches only the map, so the
+        model cannot learn to answer "absent" whenever it sees an erased patch. The map must then cover every
+        stroke of the digit (a stroke left over still names it), and the area term R makes covering blank
+        background a pure cost, so the map is pulled from the digit's whole cell onto its ink. Image-space
+        erasing as in adversarial erasing (Wei et al., CVPR 2017) and the deletion game of Fong & Vedaldi (ICCV
+        2017); unlike :meth:`mining_loss` it re-encodes the image, because backbone features already see
+        past a digit's strokes, so erasing in feature space asks the map to cover the halo as well.
+
+        Args:
+            images: ``[B, C, H, W]``; attention: ``[B, h, w]``, one present query's map per image;
+            queries: ``[B, query_dim]`` that query's vectors; labels: ``[B]`` the queried digits.
+        """
+        mask = F.interpolate(attention[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        erased = images * (1.0 - mask)
+        weights = [p for p in self.parameters() if p.requires_grad]
+        for p in weights:
+            p.requires_grad_(False)
+        try:
+            features = self.backbone(erased)
+            logits = self.classifier(self.pooled(features, self.attend(features, queries.detach()[:, None])))
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
+        return logits[:, 0].softmax(-1).gather(-1, labels[:, None]).mean()
 
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """The pretrained backbone learns at ``lr * backbone_lr_mult`` (1/10 in the paper), the rest at ``lr``."""

@@ -60,9 +60,10 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         check_choice(config, "caption_queries", ("sentence", "words"))
         if not config.gamma_words > 0:
             raise ConfigError(f"method.params.gamma_words must be > 0, got {config.gamma_words}")
-        if config.mining:
-            raise ConfigError("method.params.mining needs a classifier to mine against: it applies to query 'onehot' "
-                              "or 'phrase', not 'caption'")
+        for key in ("mining", "erasing"):
+            if getattr(config, key):
+                raise ConfigError(f"method.params.{key} needs a classifier to name the queried label: it applies to "
+                                  "query 'onehot' or 'phrase', not 'caption'")
         from weakground.text.minilm import shared_minilm
 
         self.backbone = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,
