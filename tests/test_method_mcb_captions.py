@@ -213,6 +213,8 @@ def test_config_errors():
         make(query="sentence")
     with pytest.raises(WeakgroundError, match="mining needs a classifier"):
         make(mining=0.1)
+    with pytest.raises(WeakgroundError, match="erasing needs a classifier"):
+        make(erasing=1.0)
     with pytest.raises(WeakgroundError, match="caption_queries"):
         make(caption_queries="phrases")
     with pytest.raises(WeakgroundError, match="gamma_words must be > 0"):
