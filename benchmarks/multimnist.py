@@ -2,7 +2,7 @@
 
     python benchmarks/multimnist.py table2 --scale cpu          # 2x2 and 3x3: AP@0.3/0.4/0.5, mAP, avg IoU
     python benchmarks/multimnist.py table1 --scale cpu          # avg IoU for beta x {fine-tuned, from scratch}
-    python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 2   # cpu + beta 0.4 + the erasing term
+    python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 2   # cpu + beta 1.6 + the erasing term
     python benchmarks/multimnist.py table2 --scale paper_scale  # the published setting, on a GPU
     python benchmarks/multimnist.py steptime --scale cpu        # seconds per training step, per MCB post-processing
 
@@ -176,8 +176,8 @@ def steptime(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", choices=["table1", "table2", "steptime"])
-    parser.add_argument("--scale", default="cpu", help="preset: cpu (2 CPU cores), cpu_erasing (cpu with maps tightened onto "
-                        "the ink) or paper_scale (GPU)")
+    parser.add_argument("--scale", default="cpu", help="preset: cpu (2 CPU cores), cpu_erasing (cpu with maps "
+                        "tightened onto the ink) or paper_scale (GPU)")
     parser.add_argument("--grids", type=int, nargs="+", default=[2, 3], help="table2: grid sizes")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2], help="table1: beta values")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
