@@ -33,6 +33,8 @@ from weakground.vision.resnet import build_backbone
 
 # Largest fused MCB tensor built at once (elements): 2^27 floats = 512 MiB; see MCBAttention.attend.
 FUSED_ELEMENTS_PER_CHUNK = 2**27
+# Weights of the loss terms that read the label classifier (label mode only; the caption mode refuses them).
+CLASSIFIER_TERMS = ("mining", "erasing")
 
 
 @dataclass
@@ -92,7 +94,7 @@ class MCBAttention(Grounder):
         if config.query not in ("onehot", "phrase"):
             raise ConfigError(f"method.params.query must be 'onehot', 'phrase' or 'caption', got {config.query!r}")
         self._check_pooling()
-        for key in ("mining", "erasing"):
+        for key in CLASSIFIER_TERMS:
             if not getattr(config, key) >= 0:
                 raise ConfigError(f"method.params.{key} must be >= 0, got {getattr(config, key)}")
         self.backbone = build_backbone(backbone_config)

@@ -36,7 +36,7 @@ from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, attention_sparsity, log_sum_exp_pool, triplet_ranking_loss
 from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
 from weakground.methods.base import check_choice
-from weakground.methods.mcb_attention import MCBAttention, MCBAttentionConfig
+from weakground.methods.mcb_attention import CLASSIFIER_TERMS, MCBAttention, MCBAttentionConfig
 
 
 class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
@@ -60,7 +60,7 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         check_choice(config, "caption_queries", ("sentence", "words"))
         if not config.gamma_words > 0:
             raise ConfigError(f"method.params.gamma_words must be > 0, got {config.gamma_words}")
-        for key in ("mining", "erasing"):
+        for key in CLASSIFIER_TERMS:
             if getattr(config, key):
                 raise ConfigError(f"method.params.{key} needs a classifier to name the queried label: it applies to "
                                   "query 'onehot' or 'phrase', not 'caption'")
