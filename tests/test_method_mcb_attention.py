@@ -43,7 +43,8 @@ def test_unknown_label_and_bad_images_are_clear_errors(tiny_backbone, digit_name
 
 @pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}, {"pooling": "normalized"},
                                     {"absent_queries": 1, "mining": 0.5}, {"mcb_post": "l2"},
-                                    {"absent_queries": 1, "erasing": 1.0}])
+                                    {"absent_queries": 1, "erasing": 1.0},
+                                    {"absent_queries": 1, "classifier_bias": "absent"}])
 def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names, params):
     model = make(tiny_backbone, digit_names, **params)
     batch = tiny_batch(p=2, a=1)
@@ -59,6 +60,24 @@ def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names
         opt.step()
         losses.append(float(out["total"].detach()))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_absent_only_bias_leaves_an_empty_map_naming_no_digit(tiny_backbone, digit_names):
+    model = make(tiny_backbone, digit_names, absent_queries=1, classifier_bias="absent")
+    with torch.no_grad():
+        model.classifier.absent_bias.fill_(0.7)
+    empty = model.classifier(torch.zeros(2, 3, model.backbone.out_channels))
+    torch.testing.assert_close(empty[..., :10], torch.zeros(2, 3, 10))  # every digit scores 0 ...
+    torch.testing.assert_close(empty[..., 10], torch.full((2, 3), 0.7))  # ... and "absent" its bias
+    features = torch.randn(4, model.backbone.out_channels)
+    expected = features @ model.classifier.weight.T
+    expected[:, 10] += 0.7
+    torch.testing.assert_close(model.classifier(features), expected)
+    assert "classifier.bias" not in model.state_dict() and "classifier.absent_bias" in model.state_dict()
+    with pytest.raises(WeakgroundError, match="classifier_bias 'absent' needs method.params.absent_queries > 0"):
+        make(tiny_backbone, digit_names, classifier_bias="absent")
+    with pytest.raises(WeakgroundError, match="classifier_bias"):
+        make(tiny_backbone, digit_names, absent_queries=1, classifier_bias="none")
 
 
 def test_mining_term_is_the_queried_digits_probability_outside_the_map(tiny_backbone, digit_names):
