@@ -64,6 +64,9 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
             if getattr(config, key):
                 raise ConfigError(f"method.params.{key} needs a classifier to name the queried label: it applies to "
                                   "query 'onehot' or 'phrase', not 'caption'")
+        if config.classifier_bias != "all":
+            raise ConfigError("method.params.classifier_bias applies to the label classifier (query 'onehot' or "
+                              "'phrase'); the caption mode has none")
         from weakground.text.minilm import shared_minilm
 
         self.backbone = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,
