@@ -121,6 +121,9 @@ class MCBAttention(Grounder):
         for key in CLASSIFIER_TERMS:
             if not getattr(config, key) >= 0:
                 raise ConfigError(f"method.params.{key} must be >= 0, got {getattr(config, key)}")
+        check_choice(config, "classifier_bias", ("all", "absent"))
+        if config.classifier_bias == "absent" and config.absent_queries <= 0:
+            raise ConfigError("method.params.classifier_bias 'absent' needs method.params.absent_queries > 0")
         self.backbone = build_backbone(backbone_config)
         channels = self.backbone.out_channels
         self.query_encoder: nn.Module = (
@@ -128,13 +131,8 @@ class MCBAttention(Grounder):
         )
         self._build_attention(channels, self.query_encoder.out_dim)
         n_outputs = len(class_names) + (1 if config.absent_queries > 0 else 0)
-        check_choice(config, "classifier_bias", ("all", "absent"))
-        if config.classifier_bias == "absent":
-            if config.absent_queries <= 0:
-                raise ConfigError("method.params.classifier_bias 'absent' needs method.params.absent_queries > 0")
-            self.classifier: nn.Module = AbsentBiasLinear(channels, n_outputs)
-        else:
-            self.classifier = nn.Linear(channels, n_outputs)
+        absent_only = config.classifier_bias == "absent"
+        self.classifier: nn.Module = (AbsentBiasLinear if absent_only else nn.Linear)(channels, n_outputs)
 
     def _check_pooling(self) -> None:
         if self.config.pooling not in ("mean", "normalized"):
