@@ -34,7 +34,7 @@ from weakground.vision.resnet import build_backbone
 # Largest fused MCB tensor built at once (elements): 2^27 floats = 512 MiB; see MCBAttention.attend.
 FUSED_ELEMENTS_PER_CHUNK = 2**27
 # Weights of the loss terms that read the label classifier (label mode only; the caption mode refuses them).
-CLASSIFIER_TERMS = ("mining", "erasing")
+CLASSIFIER_TERMS = ("mining", "erasing", "preserving")
 
 
 @dataclass
@@ -62,6 +62,9 @@ class MCBAttentionConfig:
     # Weight of the erasing term (not in the paper; label mode only): the image with the first present query's map
     # erased, seen by the model with its weights held fixed, must no longer show the digit. See erasing_loss.
     erasing: float = 0.0
+    # Weight of the preserving term (not in the paper; label mode only): the image with everything *outside* the
+    # first present query's map erased, seen by the fixed model, must still show the digit. See preserving_loss.
+    preserving: float = 0.0
     # Which classifier outputs have a bias: "all" (the paper's plain linear layer) or "absent" (only the "absent"
     # output; needs absent_queries > 0). With a bias on a digit's output, an empty map (attended features near 0)
     # can name that digit, and a strong area term (beta) then kills its map for good: at beta 1.6 with erasing,
@@ -270,6 +273,10 @@ class MCBAttention(Grounder):
             erasing = self.erasing_loss(images, attention[:, 0], queries[:, 0], batch["labels"][:, 0])
             total = total + self.config.erasing * erasing
             parts["erasing"] = erasing.detach()
+        if self.config.preserving > 0:
+            preserving = self.preserving_loss(images, attention[:, 0], queries[:, 0], batch["labels"][:, 0])
+            total = total + self.config.preserving * preserving
+            parts["preserving"] = preserving.detach()
         return {"total": total, **parts, "accuracy": accuracy.detach()}
 
     def mining_loss(self, features: Tensor, attention: Tensor, labels: Tensor) -> Tensor:
@@ -305,18 +312,43 @@ class MCBAttention(Grounder):
             images: ``[B, C, H, W]``; attention: ``[B, h, w]``, one present query's map per image;
             queries: ``[B, query_dim]`` that query's vectors; labels: ``[B]`` the queried digits.
         """
-        mask = F.interpolate(attention[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-        erased = images * (1.0 - mask)
+        erased = images * (1.0 - self._image_mask(attention, images))
+        return self._frozen_probabilities(erased, queries).gather(-1, labels[:, None]).mean()
+
+    def preserving_loss(self, images: Tensor, attention: Tensor, queries: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of the queried digit on the image with everything *outside* its map erased.
+
+        The counterpart of :meth:`erasing_loss` (same fixed weights, same query): the image multiplied by ``r``
+        must still show the digit. Erasing alone rewards the smallest region whose removal hides the digit, and
+        with a strong area term the maps shrink to a band across the digit's middle; a band alone does not show
+        the digit, so this term asks the map to keep enough of the strokes to name it. Together they are the
+        "smallest sufficient and destroying region" of Dabkowski & Gal (NeurIPS 2017) and Fong & Vedaldi.
+        Arguments as for :meth:`erasing_loss`.
+        """
+        kept = images * self._image_mask(attention, images)
+        probabilities = self._frozen_probabilities(kept, queries).gather(-1, labels[:, None])
+        return -torch.log(probabilities.clamp_min(1e-6)).mean()
+
+    @staticmethod
+    def _image_mask(attention: Tensor, images: Tensor) -> Tensor:
+        """``[B, h, w]`` maps upsampled bilinearly to ``[B, 1, H, W]``, the images' size."""
+        return F.interpolate(attention[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _frozen_probabilities(self, images: Tensor, queries: Tensor) -> Tensor:
+        """Class probabilities ``[B, K]`` for one query per image, from the model with its weights held fixed.
+
+        Gradients still flow into ``images`` (and so into the map that masked them), never into the weights.
+        """
         weights = [p for p in self.parameters() if p.requires_grad]
         for p in weights:
             p.requires_grad_(False)
         try:
-            features = self.backbone(erased)
+            features = self.backbone(images)
             logits = self.classifier(self.pooled(features, self.attend(features, queries.detach()[:, None])))
         finally:
             for p in weights:
                 p.requires_grad_(True)
-        return logits[:, 0].softmax(-1).gather(-1, labels[:, None]).mean()
+        return logits[:, 0].softmax(-1)
 
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """The pretrained backbone learns at ``lr * backbone_lr_mult`` (1/10 in the paper), the rest at ``lr``."""
