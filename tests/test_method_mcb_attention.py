@@ -44,6 +44,7 @@ def test_unknown_label_and_bad_images_are_clear_errors(tiny_backbone, digit_name
 @pytest.mark.parametrize("params", [{}, {"query": "phrase"}, {"absent_queries": 1}, {"pooling": "normalized"},
                                     {"absent_queries": 1, "mining": 0.5}, {"mcb_post": "l2"},
                                     {"absent_queries": 1, "erasing": 1.0},
+                                    {"absent_queries": 1, "erasing": 1.0, "preserving": 1.0},
                                     {"absent_queries": 1, "classifier_bias": "absent"}])
 def test_loss_is_finite_and_decreases_on_a_tiny_batch(tiny_backbone, digit_names, params):
     model = make(tiny_backbone, digit_names, **params)
@@ -100,37 +101,48 @@ def test_mining_term_is_the_queried_digits_probability_outside_the_map(tiny_back
     assert "mining" not in make(tiny_backbone, digit_names).loss(tiny_batch(p=2))  # off by default: the paper's loss
 
 
-def test_erasing_term_is_the_queried_digits_probability_once_its_map_is_erased(tiny_backbone, digit_names):
-    model = make(tiny_backbone, digit_names, erasing=1.0).eval()
+# (term, the image the fixed model sees given the upsampled map, the per-image loss given the digit's probability)
+PERTURBATION_TERMS = [
+    ("erasing", lambda image, mask: image * (1 - mask), lambda prob: prob),
+    ("preserving", lambda image, mask: image * mask, lambda prob: -torch.log(prob)),
+]
+
+
+@pytest.mark.parametrize("term, perturb, per_image", PERTURBATION_TERMS, ids=[t[0] for t in PERTURBATION_TERMS])
+def test_perturbation_terms_match_a_naive_reference(tiny_backbone, digit_names, term, perturb, per_image):
+    """erasing: the queried digit's probability once its map is erased from the image; preserving: its
+    cross-entropy once everything outside the map is erased."""
+    model = make(tiny_backbone, digit_names, **{term: 1.0}).eval()
     images = torch.rand(2, 1, 24, 24)
     attention = torch.rand(2, 12, 12)  # the tiny backbone's stride 2
     labels = torch.tensor([3, 7])
     with torch.no_grad():
         queries = model._query_vectors(["3", "7"])
-        got = model.erasing_loss(images, attention, queries, labels)
-        # naive reference, one image at a time: upsample the map, erase, run the whole model again on that query
-        probs = []
+        got = getattr(model, f"{term}_loss")(images, attention, queries, labels)
+        # naive reference, one image at a time: upsample the map, mask, run the whole model again on that query
+        values = []
         for b in range(2):
             mask = F.interpolate(attention[b][None, None], size=(24, 24), mode="bilinear", align_corners=False)
-            erased = images[b:b + 1] * (1 - mask)
-            r = model.heatmaps(erased, [str(int(labels[b]))])[0, 0]
-            features = model.backbone(erased)[0]
+            masked = perturb(images[b:b + 1], mask)
+            r = model.heatmaps(masked, [str(int(labels[b]))])[0, 0]
+            features = model.backbone(masked)[0]
             pooled = (features * r).sum(dim=(1, 2)) / r.numel()
-            probs.append(model.classifier(pooled).softmax(-1)[labels[b]])
-    torch.testing.assert_close(got, torch.stack(probs).mean())
-    out = make(tiny_backbone, digit_names, erasing=1.0).loss(tiny_batch(p=2))
-    assert "erasing" in out and 0 < float(out["erasing"]) < 1
-    assert "erasing" not in make(tiny_backbone, digit_names).loss(tiny_batch(p=2))  # off by default
-    with pytest.raises(WeakgroundError, match="erasing must be >= 0"):
-        make(tiny_backbone, digit_names, erasing=-1.0)
+            values.append(per_image(model.classifier(pooled).softmax(-1)[labels[b]]))
+    torch.testing.assert_close(got, torch.stack(values).mean())
+    out = make(tiny_backbone, digit_names, **{term: 1.0}).loss(tiny_batch(p=2))
+    assert term in out and torch.isfinite(out[term]) and float(out[term]) > 0
+    assert term not in make(tiny_backbone, digit_names).loss(tiny_batch(p=2))  # off by default
+    with pytest.raises(WeakgroundError, match=f"{term} must be >= 0"):
+        make(tiny_backbone, digit_names, **{term: -1.0})
 
 
-def test_erasing_teaches_only_the_map_not_the_weights(tiny_backbone, digit_names):
+@pytest.mark.parametrize("term", ["erasing", "preserving"])
+def test_perturbation_terms_teach_only_the_map_not_the_weights(tiny_backbone, digit_names, term):
     """Held-fixed weights: the model must not learn to answer "absent" whenever it sees an erased patch."""
-    model = make(tiny_backbone, digit_names, erasing=1.0)
+    model = make(tiny_backbone, digit_names, **{term: 1.0})
     attention = torch.full((2, 12, 12), 0.5, requires_grad=True)
     queries = model._query_vectors(["3", "7"])
-    model.erasing_loss(torch.rand(2, 1, 24, 24), attention, queries, torch.tensor([3, 7])).backward()
+    getattr(model, f"{term}_loss")(torch.rand(2, 1, 24, 24), attention, queries, torch.tensor([3, 7])).backward()
     assert attention.grad is not None and attention.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())  # restored afterwards

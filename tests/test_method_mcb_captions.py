@@ -215,6 +215,8 @@ def test_config_errors():
         make(mining=0.1)
     with pytest.raises(WeakgroundError, match="erasing needs a classifier"):
         make(erasing=1.0)
+    with pytest.raises(WeakgroundError, match="preserving needs a classifier"):
+        make(preserving=1.0)
     with pytest.raises(WeakgroundError, match="classifier_bias applies to the label classifier"):
         make(classifier_bias="absent")
     with pytest.raises(WeakgroundError, match="caption_queries"):
