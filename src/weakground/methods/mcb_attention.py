@@ -313,7 +313,7 @@ class MCBAttention(Grounder):
             queries: ``[B, query_dim]`` that query's vectors; labels: ``[B]`` the queried digits.
         """
         erased = images * (1.0 - self._image_mask(attention, images))
-        return self._frozen_probabilities(erased, queries).gather(-1, labels[:, None]).mean()
+        return self._frozen_logits(erased, queries).softmax(-1).gather(-1, labels[:, None]).mean()
 
     def preserving_loss(self, images: Tensor, attention: Tensor, queries: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of the queried digit on the image with everything *outside* its map erased.
@@ -327,16 +327,15 @@ class MCBAttention(Grounder):
         "2"'s base, already names the digit for the fixed model. Arguments as for :meth:`erasing_loss`.
         """
         kept = images * self._image_mask(attention, images)
-        probabilities = self._frozen_probabilities(kept, queries).gather(-1, labels[:, None])
-        return -torch.log(probabilities.clamp_min(1e-6)).mean()
+        return F.cross_entropy(self._frozen_logits(kept, queries), labels)
 
     @staticmethod
     def _image_mask(attention: Tensor, images: Tensor) -> Tensor:
         """``[B, h, w]`` maps upsampled bilinearly to ``[B, 1, H, W]``, the images' size."""
         return F.interpolate(attention[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def _frozen_probabilities(self, images: Tensor, queries: Tensor) -> Tensor:
-        """Class probabilities ``[B, K]`` for one query per image, from the model with its weights held fixed.
+    def _frozen_logits(self, images: Tensor, queries: Tensor) -> Tensor:
+        """Class scores ``[B, K]`` for one query per image, from the model with its weights held fixed.
 
         Gradients still flow into ``images`` (and so into the map that masked them), never into the weights.
         """
@@ -349,7 +348,7 @@ class MCBAttention(Grounder):
         finally:
             for p in weights:
                 p.requires_grad_(True)
-        return logits[:, 0].softmax(-1)
+        return logits[:, 0]
 
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """The pretrained backbone learns at ``lr * backbone_lr_mult`` (1/10 in the paper), the rest at ``lr``."""
