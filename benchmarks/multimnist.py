@@ -3,6 +3,8 @@
     python benchmarks/multimnist.py table2 --scale cpu          # 2x2 and 3x3: AP@0.3/0.4/0.5, mAP, avg IoU
     python benchmarks/multimnist.py table1 --scale cpu          # avg IoU for beta x {fine-tuned, from scratch}
     python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 2   # cpu, maps pulled onto the ink
+    python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 3 --from-2x2 --set train.epochs=2
+                                                                # 3x3 after 2x2: a curriculum
     python benchmarks/multimnist.py table2 --scale paper_scale  # the published setting, on a GPU
     python benchmarks/multimnist.py steptime --scale cpu        # seconds per training step, per MCB post-processing
 
@@ -60,18 +62,21 @@ def _rounded(test: dict) -> dict:
     return {k: round(test[k], 2 if k in ("ap30", "ap40", "ap50", "map", "avg_iou") else 4) for k in METRICS}
 
 
-def _patch_protocol(checkpoint: str, progress: bool) -> dict:
-    """The same trained model scored against the 28x28 patch boxes instead of the ink boxes, its box threshold
-    chosen again on validation under that protocol (never on test)."""
+def _rescore(checkpoint: Path, ground_truth: str, progress: bool, grid: int | None = None) -> dict:
+    """A trained model scored again on test: against ``ground_truth`` boxes ("ink" or "patch") and, with
+    ``grid``, on images of another grid size than it was trained on. Its box threshold is chosen again on
+    validation images of that protocol (never on test)."""
     from weakground.data.splits import build_splits
     from weakground.engine.evaluate import evaluate_label_grounding
-    from weakground.engine.pipeline import best_box_threshold, load_grounder
+    from weakground.engine.pipeline import best_box_threshold, load_grounder, replace_data
     from weakground.engine.trainer import resolve_device
 
     device = resolve_device("auto")
-    model, config = load_grounder(Path(checkpoint), device)
+    model, config = load_grounder(checkpoint, device)
+    if grid is not None:
+        config = replace_data(config, grid=grid)
     splits = build_splits(config.data, ("val", "test"))
-    scoring = dataclasses.replace(config.eval, ground_truth="patch")
+    scoring = dataclasses.replace(config.eval, ground_truth=ground_truth)
     if scoring.threshold_candidates:
         scoring = dataclasses.replace(scoring, box_threshold=best_box_threshold(model, scoring, splits["val"], device))
     test = evaluate_label_grounding(model, splits["test"], scoring, device, progress=progress)
@@ -90,27 +95,43 @@ def _run(scale: str, overrides: list[str], run_dir: Path, progress: bool) -> dic
                ground_truth_boxes=test["protocol"]["ground_truth_boxes"])
     if "pretrain" in report:
         row["pretrain_digit_accuracy"] = round(100 * report["pretrain"]["test_accuracy"], 2)
-    row["patch_boxes"] = _patch_protocol(report["train"]["checkpoint"], progress)
+    row["patch_boxes"] = _rescore(Path(report["train"]["checkpoint"]), "patch", progress)
     return row
+
+
+def _checkpoint_2x2(args: argparse.Namespace) -> Path:
+    """Where ``table2 --grids 2`` leaves this scale's 2x2 model, the start of ``--from-2x2``."""
+    return Path(args.runs) / f"table2_{args.scale}_2x2" / "checkpoints" / "train_best.safetensors"
 
 
 def table2(args: argparse.Namespace) -> None:
     entry = {"command": " ".join(["python", "benchmarks/multimnist.py"] + sys.argv[1:]), "machine": machine_description(),
              "preset": args.scale}
+    source = _checkpoint_2x2(args)
+    keys = []
     for grid in args.grids:
-        key = f"{grid}x{grid}"
-        entry[key] = _run(args.scale, [f"data.grid={grid}", *args.set], Path(args.runs) / f"table2_{args.scale}_{key}",
-                          not args.no_progress)
+        key, overrides = f"{grid}x{grid}", [f"data.grid={grid}", *args.set]
+        if args.from_2x2:  # a curriculum: the 2x2 model goes on training on this grid (train.init_from)
+            key, overrides = key + "_from_2x2", [*overrides, f"train.init_from={source}"]
+        keys.append(key)
+        entry[key] = _run(args.scale, overrides, Path(args.runs) / f"table2_{args.scale}_{key}", not args.no_progress)
         entry[key].update(command=entry["command"], machine=entry["machine"])
+        if args.from_2x2:  # the starting point: the 2x2 model on this grid's images before any training on them
+            entry[key]["2x2_model_as_is"] = {gt: _rescore(source, gt, not args.no_progress, grid)
+                                             for gt in ("ink", "patch")}
         print(f"{key}: {entry[key]}")
         _merge(RESULTS / "multimnist.json", args.scale, entry)
     print("\n| grid | source | AP@0.3 | AP@0.4 | AP@0.5 | Avg mAP | avg IoU |\n|---|---|---|---|---|---|---|")
-    for grid in args.grids:
-        key = f"{grid}x{grid}"
-        p, r = PAPER_TABLE2[key], entry[key]
-        print(f"| {key} | paper | {p['ap30']:.2f} | {p['ap40']:.2f} | {p['ap50']:.2f} | {p['map']:.2f} | — |")
-        for label, q in ((f"ours ({args.scale}), ink boxes", r), (f"ours ({args.scale}), patch boxes", r["patch_boxes"])):
-            print(f"| {key} | {label} | {q['ap30']:.2f} | {q['ap40']:.2f} | {q['ap50']:.2f} | {q['map']:.2f} | "
+    for key in keys:
+        grid, r = key.split("_")[0], entry[key]
+        p = PAPER_TABLE2[grid]
+        print(f"| {grid} | paper | {p['ap30']:.2f} | {p['ap40']:.2f} | {p['ap50']:.2f} | {p['map']:.2f} | — |")
+        rows = [(f"ours ({args.scale}), ink boxes", r), (f"ours ({args.scale}), patch boxes", r["patch_boxes"])]
+        if args.from_2x2:
+            rows = [(f"ours ({args.scale}, 2x2 model as is), {gt} boxes", r["2x2_model_as_is"][gt])
+                    for gt in ("ink", "patch")] + [(f"{label} after 2x2", q) for label, q in rows]
+        for label, q in rows:
+            print(f"| {grid} | {label} | {q['ap30']:.2f} | {q['ap40']:.2f} | {q['ap50']:.2f} | {q['map']:.2f} | "
                   f"{q['avg_iou']:.2f} |")
 
 
@@ -179,12 +200,21 @@ def main() -> None:
     parser.add_argument("--scale", default="cpu", help="preset: cpu (2 CPU cores), cpu_erasing (cpu with maps "
                         "tightened onto the ink) or paper_scale (GPU)")
     parser.add_argument("--grids", type=int, nargs="+", default=[2, 3], help="table2: grid sizes")
+    parser.add_argument("--from-2x2", action="store_true", help="table2: start each grid's model from this scale's "
+                        "2x2 model (train it first with --grids 2) instead of backbone pretraining, a curriculum; "
+                        "rows go under '3x3_from_2x2' with the 2x2 model's own score on those images beside them")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2], help="table1: beta values")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--runs", default="runs/benchmarks", help="where run directories go")
     parser.add_argument("--steps", type=int, default=5, help="steptime: timed steps per setting")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    if args.from_2x2:
+        source = _checkpoint_2x2(args)
+        if 2 in args.grids:
+            parser.error("--from-2x2 trains larger grids from the 2x2 model: train that first with --grids 2")
+        if not source.is_file():
+            parser.error(f"{source}: no 2x2 model for --from-2x2 (run: table2 --scale {args.scale} --grids 2)")
     {"table1": table1, "table2": table2, "steptime": steptime}[args.table](args)
 
 

@@ -144,3 +144,43 @@ def test_data_make_scenes_then_check(tmp_path, capsys):
     assert "images           7" in text and "problems: none" in text
     code, _, err = run(capsys, "data", "check", f"coco:{tmp_path / 'missing'}")
     assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_from_starts_from_another_runs_weights(trained, tmp_path, capsys):
+    """A curriculum: a 3x3 run that starts from the 2x2 run's weights, skipping backbone pretraining. With a
+    learning rate of 0 its trained parameters must come out equal to the source's (a fresh init would not)."""
+    from safetensors.torch import load_file
+
+    source = trained / "checkpoints" / "train_best.safetensors"
+    run_dir = tmp_path / "from_2x2"
+    args = ["train", "--out", run_dir, "--no-progress", "--set", f"train.init_from={source}", "--set", "data.grid=3",
+            "--set", "train.lr=0", "--set", "train.epochs=1"]
+    for o in TINY:
+        if not o.startswith("train.epochs"):
+            args += ["--set", o]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "starting from" in out and "backbone pretraining" not in out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert "pretrain" not in report and not (run_dir / "checkpoints" / "pretrain_last.safetensors").exists()
+    assert report["init_from"]["checkpoint"] == str(source) and report["init_from"]["data"]["grid"] == 2
+    from weakground.engine.pipeline import load_grounder
+
+    model, _ = load_grounder(run_dir / "checkpoints" / "train_best.safetensors")
+    before, after = load_file(str(source)), {k: v for k, v in model.named_parameters()}
+    assert after and all(np.array_equal(before[k].numpy(), v.detach().numpy()) for k, v in after.items())
+
+
+def test_init_from_refuses_the_wrong_checkpoint_before_writing(trained, tmp_path, capsys):
+    checkpoints = trained / "checkpoints"
+    cases = [(checkpoints / "pretrain_last.safetensors", [], "needs a trained method's checkpoint"),
+             (tmp_path / "none.safetensors", [], "none.safetensors: checkpoint not found"),
+             (checkpoints / "train_best.safetensors", ["backbone.widths=[4,8,8,16]"], "does not match the model")]
+    for i, (path, extra, message) in enumerate(cases):
+        run_dir = tmp_path / f"r{i}"
+        args = ["train", "--out", run_dir, "--no-progress", "--set", f"train.init_from={path}"]
+        for o in TINY + extra:
+            args += ["--set", o]
+        code, _, err = run(capsys, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not run_dir.exists()

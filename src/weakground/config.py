@@ -104,6 +104,10 @@ class TrainConfig:
     amp: bool = False
     num_workers: int = 0
     tensorboard: bool = False
+    # A trained checkpoint of the same method and architecture (another run's train_best.safetensors) to start
+    # from instead of a freshly pretrained backbone: a curriculum, e.g. 2x2 grids first, then 3x3. Its data and
+    # loss settings may differ from this run's. Empty: start from backbone pretraining (pretrain.enabled).
+    init_from: str = ""
 
 
 @dataclass

@@ -153,7 +153,7 @@ def run_caption_experiment(config: ExperimentConfig, run_dir: Path, resume: bool
                            figure: bool = True) -> dict[str, Any]:
     """Train ``config``'s method on captions only and score its phrase heatmaps; writes ``report.json``."""
     from weakground.engine.phrase_eval import evaluate_phrase_grounding
-    from weakground.engine.pipeline import checkpoint_meta, configure_inference, machine_description
+    from weakground.engine.pipeline import checkpoint_meta, configure_inference, init_from_checkpoint, machine_description
     from weakground.methods import create_method
 
     seed_everything(config.train.seed)
@@ -164,6 +164,7 @@ def run_caption_experiment(config: ExperimentConfig, run_dir: Path, resume: bool
                           f"image-text space); caption data needs multilevel, dsve_loc, matchmap or "
                           f"mcb_attention with query: caption")
     configure_inference(model, config)  # validation and the test report read images as training does
+    init_from = init_from_checkpoint(model, Path(config.train.init_from)) if config.train.init_from else None
     spec = dataset_spec(config.data, progress)
     train_set = load_caption_train_set(spec, "train", config.data.image_size, progress)
     run_dir = Path(run_dir)
@@ -191,6 +192,8 @@ def run_caption_experiment(config: ExperimentConfig, run_dir: Path, resume: bool
         "train": {"history": result["history"], "best_val": result["best"], "seconds": round(time.time() - t0, 1),
                   "images_per_second": _mean_throughput(result["history"]), "checkpoint": str(trainer.best_path)},
     }
+    if init_from is not None:
+        report["init_from"] = init_from
     splits = ["test"] + (["test_unseen"] if config.data.name == SCENES and config.data.n_test_unseen > 0 else [])
     for split in splits:
         overlays = run_dir / "overlays" / split if figure else None

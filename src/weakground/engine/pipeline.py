@@ -68,6 +68,26 @@ def pretrain_backbone(model: Grounder, config: ExperimentConfig, run_dir: Path, 
             "n_test_digits": len(test_x), "epochs": pre.epochs}
 
 
+def init_from_checkpoint(model: Grounder, path: Path) -> dict[str, Any]:
+    """Load another run's trained weights into ``model`` (``train.init_from``) and describe where they came from.
+
+    Only what the weights' shapes cannot check is checked here (the method and the class names: a "3" must
+    stay a "3"); a different architecture fails in :func:`load_weights`. Data, loss weights and schedule may
+    differ: that is the point of a curriculum."""
+    state, meta = read_checkpoint(path)
+    if meta.get("stage") != "train":
+        raise CheckpointError(f"{path}: train.init_from needs a trained method's checkpoint (e.g. train_best.safetensors), "
+                              f"not a {meta.get('stage', 'unlabelled')!r}-stage one")
+    if meta.get("method") != model.name:
+        raise CheckpointError(f"{path}: train.init_from holds method {meta.get('method')!r}, this run trains {model.name!r}")
+    if meta.get("class_names") != model.class_names:
+        raise CheckpointError(f"{path}: train.init_from has classes {meta.get('class_names')} instead of {model.class_names}")
+    load_weights(path, model, state)
+    source = meta.get("config", {})
+    return {"checkpoint": str(path), "data": source.get("data", {}), "name": source.get("name"),
+            "best_val": meta.get("train_state", {}).get("best")}
+
+
 def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True,
                    figure: bool = True) -> dict[str, Any]:
     """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` and a figure."""
@@ -84,6 +104,8 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
     names = class_names(config.data)
     model = create_method(config.method.name, config.backbone, names, config.method.params)
     configure_inference(model, config)
+    # A bad train.init_from fails here too, before any file is written.
+    init_from = init_from_checkpoint(model, Path(config.train.init_from)) if config.train.init_from else None
     data = build_splits(config.data, progress=progress)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +113,10 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
     device = resolve_device(config.train.device)
     report: dict[str, Any] = {"name": config.name, "method": config.method.name, "machine": machine_description(),
                               "weakground_version": __version__}
-    if config.pretrain.enabled:
+    if init_from is not None:
+        report["init_from"] = init_from
+        print(f"starting from {config.train.init_from} (its backbone is already trained: no pretraining)")
+    elif config.pretrain.enabled:
         report["pretrain"] = pretrain_backbone(model, config, run_dir, progress, resume)
         print(f"backbone pretraining: test-pool digit accuracy {100 * report['pretrain']['test_accuracy']:.2f}%")
     train = config.train
