@@ -64,3 +64,16 @@ def test_checkpoints_from_before_a_later_key_load_with_its_old_behaviour():
     assert data["data"]["eval_resize"] is True  # the default now
     del data["data"]["eval_resize"]
     assert config_from_json(json.dumps(data), "ckpt").data.eval_resize is False  # how older runs evaluated
+
+
+def test_a_config_saved_by_an_earlier_version_still_loads():
+    """The config saved in the committed `cpu_erasing` 2x2 benchmark checkpoint, written before `train.init_from`
+    existed: every key added since must be in LATER_KEYS, or no earlier checkpoint would load."""
+    from pathlib import Path
+
+    from weakground.config import LATER_KEYS
+
+    path = Path(__file__).parent / "fixtures" / "saved_configs" / "cpu_erasing_2x2_before_init_from.json"
+    config = config_from_json(path.read_text(), str(path))
+    assert config.train.init_from == "" and config.method.params["beta"] == 1.6
+    assert ("train", "init_from") in LATER_KEYS

@@ -272,6 +272,7 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("data", "eval_resize"): False,  # before it existed, evaluation read images at their own size
     ("eval", "shift_average"): 1,  # and every heatmap came from one forward pass
     ("eval", "ground_truth"): "ink",  # and multi-MNIST boxes were scored against the digits' ink boxes
+    ("train", "init_from"): "",  # and every run started from backbone pretraining (or from scratch)
 }
 
 
