@@ -164,7 +164,7 @@ def run_caption_experiment(config: ExperimentConfig, run_dir: Path, resume: bool
                           f"image-text space); caption data needs multilevel, dsve_loc, matchmap or "
                           f"mcb_attention with query: caption")
     configure_inference(model, config)  # validation and the test report read images as training does
-    init_from = init_from_checkpoint(model, Path(config.train.init_from)) if config.train.init_from else None
+    init_from = init_from_checkpoint(model, config)
     spec = dataset_spec(config.data, progress)
     train_set = load_caption_train_set(spec, "train", config.data.image_size, progress)
     run_dir = Path(run_dir)

@@ -68,12 +68,16 @@ def pretrain_backbone(model: Grounder, config: ExperimentConfig, run_dir: Path, 
             "n_test_digits": len(test_x), "epochs": pre.epochs}
 
 
-def init_from_checkpoint(model: Grounder, path: Path) -> dict[str, Any]:
-    """Load another run's trained weights into ``model`` (``train.init_from``) and describe where they came from.
+def init_from_checkpoint(model: Grounder, config: ExperimentConfig) -> dict[str, Any] | None:
+    """Load the trained weights named by ``train.init_from`` into ``model`` and describe where they came from
+    (for the report); ``None`` when it is empty and the run starts from pretraining.
 
     Only what the weights' shapes cannot check is checked here (the method and the class names: a "3" must
     stay a "3"); a different architecture fails in :func:`load_weights`. Data, loss weights and schedule may
     differ: that is the point of a curriculum."""
+    if not config.train.init_from:
+        return None
+    path = Path(config.train.init_from)
     state, meta = read_checkpoint(path)
     if meta.get("stage") != "train":
         raise CheckpointError(f"{path}: train.init_from needs a trained method's checkpoint (e.g. train_best.safetensors), "
@@ -105,7 +109,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
     model = create_method(config.method.name, config.backbone, names, config.method.params)
     configure_inference(model, config)
     # A bad train.init_from fails here too, before any file is written.
-    init_from = init_from_checkpoint(model, Path(config.train.init_from)) if config.train.init_from else None
+    init_from = init_from_checkpoint(model, config)
     data = build_splits(config.data, progress=progress)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
