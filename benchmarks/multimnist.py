@@ -62,10 +62,11 @@ def _rounded(test: dict) -> dict:
     return {k: round(test[k], 2 if k in ("ap30", "ap40", "ap50", "map", "avg_iou") else 4) for k in METRICS}
 
 
-def _rescore(checkpoint: Path, ground_truth: str, progress: bool, grid: int | None = None) -> dict:
-    """A trained model scored again on test: against ``ground_truth`` boxes ("ink" or "patch") and, with
-    ``grid``, on images of another grid size than it was trained on. Its box threshold is chosen again on
-    validation images of that protocol (never on test)."""
+def _rescore(checkpoint: Path, ground_truths: tuple[str, ...], progress: bool, grid: int | None = None) -> dict:
+    """A trained model scored again on test, once per kind of box in ``ground_truths`` ("ink", "patch"), and, with
+    ``grid``, on images of another grid size than it was trained on. Each kind gets its own box threshold, chosen
+    again on validation images of that protocol (never on test). The model is loaded, and the splits built, once
+    for all kinds. Returns {kind: row}."""
     from weakground.data.splits import build_splits
     from weakground.engine.evaluate import evaluate_label_grounding
     from weakground.engine.pipeline import best_box_threshold, load_grounder, replace_data
@@ -76,12 +77,16 @@ def _rescore(checkpoint: Path, ground_truth: str, progress: bool, grid: int | No
     if grid is not None:
         config = replace_data(config, grid=grid)
     splits = build_splits(config.data, ("val", "test"))
-    scoring = dataclasses.replace(config.eval, ground_truth=ground_truth)
-    if scoring.threshold_candidates:
-        scoring = dataclasses.replace(scoring, box_threshold=best_box_threshold(model, scoring, splits["val"], device))
-    test = evaluate_label_grounding(model, splits["test"], scoring, device, progress=progress)
-    return {**_rounded(test), "box_threshold": scoring.box_threshold,
-            "ground_truth_boxes": test["protocol"]["ground_truth_boxes"]}
+    rows = {}
+    for ground_truth in ground_truths:
+        scoring = dataclasses.replace(config.eval, ground_truth=ground_truth)
+        if scoring.threshold_candidates:
+            threshold = best_box_threshold(model, scoring, splits["val"], device)
+            scoring = dataclasses.replace(scoring, box_threshold=threshold)
+        test = evaluate_label_grounding(model, splits["test"], scoring, device, progress=progress)
+        rows[ground_truth] = {**_rounded(test), "box_threshold": scoring.box_threshold,
+                              "ground_truth_boxes": test["protocol"]["ground_truth_boxes"]}
+    return rows
 
 
 def _run(scale: str, overrides: list[str], run_dir: Path, progress: bool) -> dict:
@@ -95,7 +100,7 @@ def _run(scale: str, overrides: list[str], run_dir: Path, progress: bool) -> dic
                ground_truth_boxes=test["protocol"]["ground_truth_boxes"])
     if "pretrain" in report:
         row["pretrain_digit_accuracy"] = round(100 * report["pretrain"]["test_accuracy"], 2)
-    row["patch_boxes"] = _rescore(Path(report["train"]["checkpoint"]), "patch", progress)
+    row["patch_boxes"] = _rescore(Path(report["train"]["checkpoint"]), ("patch",), progress)["patch"]
     return row
 
 
@@ -117,8 +122,7 @@ def table2(args: argparse.Namespace) -> None:
         entry[key] = _run(args.scale, overrides, Path(args.runs) / f"table2_{args.scale}_{key}", not args.no_progress)
         entry[key].update(command=entry["command"], machine=entry["machine"])
         if args.from_2x2:  # the starting point: the 2x2 model on this grid's images before any training on them
-            entry[key]["2x2_model_as_is"] = {gt: _rescore(source, gt, not args.no_progress, grid)
-                                             for gt in ("ink", "patch")}
+            entry[key]["2x2_model_as_is"] = _rescore(source, ("ink", "patch"), not args.no_progress, grid)
         print(f"{key}: {entry[key]}")
         _merge(RESULTS / "multimnist.json", args.scale, entry)
     print("\n| grid | source | AP@0.3 | AP@0.4 | AP@0.5 | Avg mAP | avg IoU |\n|---|---|---|---|---|---|---|")
