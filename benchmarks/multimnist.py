@@ -3,7 +3,7 @@
     python benchmarks/multimnist.py table2 --scale cpu          # 2x2 and 3x3: AP@0.3/0.4/0.5, mAP, avg IoU
     python benchmarks/multimnist.py table1 --scale cpu          # avg IoU for beta x {fine-tuned, from scratch}
     python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 2   # cpu, maps pulled onto the ink
-    python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 3 --from-2x2 --set train.epochs=2
+    python benchmarks/multimnist.py table2 --scale cpu_erasing --grids 3 --from-2x2 --set train.epochs=5
                                                                 # 3x3 after 2x2: a curriculum
     python benchmarks/multimnist.py table2 --scale paper_scale  # the published setting, on a GPU
     python benchmarks/multimnist.py steptime --scale cpu        # seconds per training step, per MCB post-processing
