@@ -19,7 +19,7 @@ import torch
 
 from weakground.config import parse_override
 from weakground.data.demo_photos import read_demo
-from weakground.engine.pipeline import machine_description
+from weakground.engine.driver import machine_description
 from weakground.io import read_image
 from weakground.methods import create_method
 from weakground.metrics.pointing import (PointingProtocol, center_baseline, heatmap_point, pointing_game,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weakground.engine.pipeline import machine_description
+from weakground.engine.driver import machine_description
 from weakground.io import image_to_tensor
 from weakground.methods import create_method
 from weakground.metrics import resize_heatmap

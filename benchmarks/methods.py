@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from weakground.config import load_config
-from weakground.engine.pipeline import machine_description, run_experiment
+from weakground.engine.driver import machine_description, run_experiment
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("multilevel", "dsve_loc", "matchmap", "mcb_attention")
@@ -132,9 +132,9 @@ def ablations(args: argparse.Namespace) -> None:
 def inference(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from weakground.engine.caption_pipeline import dataset_spec
+    from weakground.data.sources import dataset_spec
     from weakground.engine.phrase_eval import evaluate_phrase_grounding
-    from weakground.engine.pipeline import load_grounder
+    from weakground.engine.inference import load_checkpoint
 
     if min(args.shifts) < 1:
         sys.exit(f"--shifts: every value must be >= 1 (1: one pass), got {min(args.shifts)}")
@@ -145,7 +145,7 @@ def inference(args: argparse.Namespace) -> None:
         checkpoint = run_dir / "checkpoints" / "train_best.safetensors"
         if not checkpoint.is_file():
             sys.exit(f"{checkpoint}: no checkpoint; run `python benchmarks/methods.py table --methods {method}` first")
-        model, config = load_grounder(checkpoint)
+        model, config = load_checkpoint(checkpoint)
         spec = dataset_spec(config.data)
         trained = model.config
         row = {"checkpoint": str(checkpoint), "split": "val", "n_images": config.data.n_val,
@@ -154,8 +154,10 @@ def inference(args: argparse.Namespace) -> None:
         for label, params in HEATMAP_SETTINGS[method].items():
             model.config = dataclasses.replace(trained, **params)  # read at call time by heatmaps()
             for resize, shifts in itertools.product((False, True), args.shifts):
-                model.input_size = config.data.image_size if resize else None
-                model.shift_average = shifts
+                # How the model reads images is fixed at construction: rebuild it with these settings.
+                model, _ = load_checkpoint(checkpoint, overrides=[f"data.eval_resize={str(resize).lower()}",
+                                                                  f"eval.shift_average={shifts}"])
+                model.config = dataclasses.replace(trained, **params)  # read at call time by heatmaps()
                 report = evaluate_phrase_grounding(model, spec, "val", max_images=config.data.n_val)
                 key = (f"{label}, {'resized to the training square' if resize else 'own size'}, "
                        f"{'one pass' if shifts == 1 else f'{shifts}x{shifts} shifted copies'}")

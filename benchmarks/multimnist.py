@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from weakground.config import load_config
-from weakground.engine.pipeline import machine_description, run_experiment
+from weakground.engine.driver import machine_description, run_experiment
 
 RESULTS = Path(__file__).parent / "results"
 # Seed 000 (Fang et al.), Tables 1 and 2, for the side-by-side rows.
@@ -69,13 +69,14 @@ def _rescore(checkpoint: Path, ground_truths: tuple[str, ...], progress: bool, g
     for all kinds. Returns {kind: row}."""
     from weakground.data.splits import build_splits
     from weakground.engine.evaluate import evaluate_label_grounding
-    from weakground.engine.pipeline import best_box_threshold, load_grounder, replace_data
+    from weakground.engine.inference import load_checkpoint
+    from weakground.engine.tasks.label_grounding import best_box_threshold
     from weakground.engine.trainer import resolve_device
 
     device = resolve_device("auto")
-    model, config = load_grounder(checkpoint, device)
+    model, config = load_checkpoint(checkpoint, device)
     if grid is not None:
-        config = replace_data(config, grid=grid)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, grid=grid))
     splits = build_splits(config.data, ("val", "test"))
     rows = {}
     for ground_truth in ground_truths:

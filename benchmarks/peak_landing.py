@@ -18,8 +18,8 @@ import sys
 import torch
 
 from weakground.data.readers import read_dataset
-from weakground.engine.caption_pipeline import dataset_spec
-from weakground.engine.pipeline import load_grounder
+from weakground.data.sources import dataset_spec
+from weakground.engine.inference import load_checkpoint
 from weakground.errors import WeakgroundError
 from weakground.io import image_to_tensor, read_image
 from weakground.metrics import heatmap_point, pointing_hit
@@ -33,7 +33,7 @@ def _xyxy(boxes: list) -> torch.Tensor:
 
 def peak_landing(checkpoint: str, split: str, max_images: int) -> tuple[collections.Counter, dict]:
     """Counts of peaks per landing kind, overall and per phrase type."""
-    model, config = load_grounder(checkpoint)  # in eval mode, with the run's inference settings
+    model, config = load_checkpoint(checkpoint)  # in eval mode, with the run's inference settings
     records = read_dataset(dataset_spec(config.data), split).records[:max_images]
     overall: collections.Counter = collections.Counter()
     by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

@@ -180,7 +180,7 @@ def _driver_run(make_config: Callable[[], Any], keys: tuple[str, ...]) -> Callab
     def run() -> dict:
         import os
 
-        from weakground.engine.pipeline import run_experiment
+        from weakground.engine.driver import run_experiment
 
         warm_shared_models()
         with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from weakground.methods.base import Grounder
+from weakground.methods.base import JointSpaceGrounder
 from weakground.registry import METHODS
 
 SEEN_BATCHES: list[dict] = []
@@ -20,16 +20,15 @@ class ProbeConfig:
 
 
 @METHODS.register("_caption_probe")
-class CaptionProbe(Grounder):
+class CaptionProbe(JointSpaceGrounder):
     """The smallest joint-space method: a 1x1 conv image map and a hashed bag of words, trained with a
     bidirectional softmax over the batch. It records every batch the trainer hands it."""
 
     name = "_caption_probe"
     config_class = ProbeConfig
-    has_joint_space = True
 
-    def __init__(self, config, backbone_config, class_names):
-        super().__init__(config, backbone_config, class_names)
+    def __init__(self, config, backbone_config, class_names, inference=None):
+        super().__init__(config, backbone_config, class_names, inference)
         self.conv = nn.Conv2d(3, 8, 1)
         self.words = nn.EmbeddingBag(64, 8, mode="mean")
 
@@ -47,8 +46,8 @@ class CaptionProbe(Grounder):
     def scores(self, images, texts):
         return self.encode_image(images) @ self.encode_text(texts).T
 
-    def heatmaps(self, images, phrases):
-        images = self.prepare_images(images)
+    def heatmaps(self, images, phrases, inference=None):
+        images = self.prepare_images(images, inference)
         HEATMAP_INPUT_SIZES.append(tuple(images.shape[-2:]))
         return torch.einsum("bchw,pc->bphw", self.conv(images), self._text(phrases)).relu()
 

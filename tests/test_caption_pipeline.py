@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from weakground.config import ExperimentConfig, from_dict
-from weakground.engine.caption_pipeline import (CaptionTrainSet, caption_batches, dataset_spec,
-                                                load_caption_train_set, scenes_root)
-from weakground.engine.pipeline import configure_inference, load_grounder, run_experiment
+from weakground.data.sources import dataset_spec, scenes_root
+from weakground.engine.driver import run_experiment
+from weakground.engine.inference import inference_settings, load_checkpoint
+from weakground.engine.tasks.caption_grounding import CaptionTrainSet, caption_batches, load_caption_train_set
 from weakground.errors import ConfigError
 from probe_method import HEATMAP_INPUT_SIZES, SEEN_BATCHES, CaptionProbe, ProbeConfig
 
@@ -88,7 +89,7 @@ def test_caption_experiment_trains_without_boxes_and_scores_both_test_splits(cac
     assert saved["test"]["pointing_accuracy"] == report["test"]["pointing_accuracy"]
     assert len(saved["train"]["history"]) == 2 and "pointing_accuracy" in saved["train"]["history"][0]
     assert any((tmp_path / "run" / "overlays" / "test").iterdir())
-    model, config = load_grounder(report["train"]["checkpoint"])
+    model, config = load_checkpoint(report["train"]["checkpoint"])
     torch.manual_seed(0)  # the run built its model right after seeding 0: this is its initial state
     fresh = CaptionProbe(ProbeConfig(), config.backbone, [])
     assert config.method.name == "_caption_probe"
@@ -97,20 +98,19 @@ def test_caption_experiment_trains_without_boxes_and_scores_both_test_splits(cac
 
 
 def test_eval_changes_only_how_a_checkpoint_reads_images(cache, tmp_path, capsys):
-    from weakground.cli import _apply_inference_overrides, main
+    from weakground.cli import main
     from weakground.errors import WeakgroundError
 
     config = _config()
     config.train.epochs = 1
     checkpoint = run_experiment(config, tmp_path / "run", progress=False)["train"]["checkpoint"]
-    model, config = load_grounder(checkpoint)
-    _apply_inference_overrides(model, config, ["eval.shift_average=3", "data.eval_resize=false"])
+    model, config = load_checkpoint(checkpoint, overrides=["eval.shift_average=3", "data.eval_resize=false"])
     assert model.shift_average == 3 and model.input_size is None
     for bad, message in (("method.params.dim=8", "settings are fixed except data.eval_resize, eval.shift_average"),
                          ("eval.shift_average=two", "expected int, got 'two'"),
                          ("eval.shift_average=0", "eval.shift_average must be >= 1")):
         with pytest.raises((WeakgroundError, ConfigError), match=message):
-            _apply_inference_overrides(model, config, [bad])
+            load_checkpoint(checkpoint, overrides=[bad])
     data = f"flickr30k_entities:{scenes_root(config.data)}"
     report = tmp_path / "shifted.json"
     code = main(["eval", "--checkpoint", str(checkpoint), "--data", data, "--split", "val", "--no-progress",
@@ -124,15 +124,15 @@ def test_eval_changes_only_how_a_checkpoint_reads_images(cache, tmp_path, capsys
 def test_input_size_follows_the_config_and_resizes_like_training():
     from PIL import Image
 
+    from weakground.methods import InferenceSettings
+
+    assert inference_settings(_config(image_size=48)) == InferenceSettings(input_size=48, shift_average=1)
+    assert inference_settings(_config(image_size=48, eval_resize=False)).input_size is None
     model = CaptionProbe(ProbeConfig(), _config().backbone, [])
-    configure_inference(model, _config(image_size=48))
-    assert model.input_size == 48
-    configure_inference(model, _config(image_size=48, eval_resize=False))
-    assert model.input_size is None
     image = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     assert model.prepare_images(tensor) is tensor  # no size set: as given
-    model.input_size = 48
+    model = CaptionProbe(ProbeConfig(), _config().backbone, [], InferenceSettings(input_size=48))
     resized = model.prepare_images(tensor)
     assert resized.shape == (1, 3, 48, 48)
     # the pixels training sees (PIL bilinear on uint8, load_caption_train_set), up to uint8 rounding
@@ -144,12 +144,11 @@ def test_input_size_follows_the_config_and_resizes_like_training():
 
 def test_label_trained_methods_read_images_at_their_own_size():
     from weakground.config import load_config
-    from weakground.methods import create_method
+    from weakground.engine.inference import build_trained_method
 
-    config = load_config("quickstart")
-    model = create_method("mcb_attention", config.backbone, [str(d) for d in range(10)], config.method.params)
-    configure_inference(model, config)
-    assert model.input_size is None
+    config = load_config("quickstart", ["data.image_size=48"])
+    assert inference_settings(config).input_size is None
+    assert build_trained_method(config, [str(d) for d in range(10)]).input_size is None
 
 
 def test_a_method_without_a_joint_space_is_refused_before_any_file(cache, tmp_path):

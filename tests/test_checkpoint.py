@@ -5,7 +5,8 @@ import torch
 
 from weakground.config import load_config, to_dict
 from weakground.engine.checkpoint import read_checkpoint, save_checkpoint
-from weakground.engine.pipeline import checkpoint_meta, load_grounder
+from weakground.engine.checkpoint import checkpoint_meta
+from weakground.engine.inference import load_checkpoint
 from weakground.errors import CheckpointError
 from weakground.methods import create_method
 
@@ -23,7 +24,7 @@ def saved(tmp_path):
 
 def test_checkpoint_round_trip_reproduces_heatmaps(saved):
     path, model, config = saved
-    loaded, loaded_config = load_grounder(path)
+    loaded, loaded_config = load_checkpoint(path)
     assert loaded_config == config
     x = torch.rand(2, 1, 32, 32)
     model.eval()
@@ -35,11 +36,11 @@ def test_checkpoint_round_trip_reproduces_heatmaps(saved):
 def test_corrupt_and_mismatched_checkpoints_are_clear_errors(saved, tmp_path):
     path, model, config = saved
     with pytest.raises(CheckpointError, match="not found"):
-        load_grounder(tmp_path / "nope.safetensors")
+        load_checkpoint(tmp_path / "nope.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="corrupt.safetensors: not a readable"):
-        load_grounder(corrupt)
+        load_checkpoint(corrupt)
     # Same metadata, different architecture: weights do not fit the model the config describes.
     state, meta = read_checkpoint(path)
     meta["config"]["method"]["params"]["mcb_dim"] = 64
@@ -47,13 +48,13 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(saved, tmp_path):
     mismatched = tmp_path / "mismatched.safetensors"
     save_checkpoint(mismatched, other, meta)
     with pytest.raises(CheckpointError, match="does not match the model"):
-        load_grounder(mismatched)
+        load_checkpoint(mismatched)
     plain = tmp_path / "plain.safetensors"
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(plain))
     with pytest.raises(CheckpointError, match="no weakground metadata"):
-        load_grounder(plain)
+        load_checkpoint(plain)
     # A saved config with a key removed is refused rather than silently defaulted.
     meta2 = dict(meta)
     meta2["config"] = to_dict(config)
@@ -61,4 +62,4 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(saved, tmp_path):
     incomplete = tmp_path / "incomplete.safetensors"
     save_checkpoint(incomplete, model, meta2)
     with pytest.raises(Exception, match="missing key 'box_threshold'"):
-        load_grounder(incomplete)
+        load_checkpoint(incomplete)

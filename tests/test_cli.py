@@ -164,9 +164,9 @@ def test_init_from_starts_from_another_runs_weights(trained, tmp_path, capsys):
     report = json.loads((run_dir / "report.json").read_text())
     assert "pretrain" not in report and not (run_dir / "checkpoints" / "pretrain_last.safetensors").exists()
     assert report["init_from"]["checkpoint"] == str(source) and report["init_from"]["data"]["grid"] == 2
-    from weakground.engine.pipeline import load_grounder
+    from weakground.engine.inference import load_checkpoint
 
-    model, _ = load_grounder(run_dir / "checkpoints" / "train_best.safetensors")
+    model, _ = load_checkpoint(run_dir / "checkpoints" / "train_best.safetensors")
     before, after = load_file(str(source)), {k: v for k, v in model.named_parameters()}
     assert after and all(np.array_equal(before[k].numpy(), v.detach().numpy()) for k, v in after.items())
 

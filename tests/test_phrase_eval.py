@@ -289,7 +289,7 @@ def mcb_checkpoint(tmp_path_factory) -> Path:
     """An untrained mcb_attention checkpoint: enough to check which method a checkpoint holds."""
     from weakground.config import load_config
     from weakground.engine.checkpoint import save_checkpoint
-    from weakground.engine.pipeline import checkpoint_meta
+    from weakground.engine.checkpoint import checkpoint_meta
 
     config = load_config("quickstart", ["backbone.widths=[4,8,8,8]", "backbone.blocks=[1,1,1,1]",
                                         "method.params.mcb_dim=32", "method.params.hidden=4"])

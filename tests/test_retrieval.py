@@ -12,7 +12,7 @@ from probe_method import CaptionProbe, ProbeConfig
 from weakground.cli import main
 from weakground.config import ExperimentConfig, from_dict
 from weakground.engine.checkpoint import save_checkpoint
-from weakground.engine.pipeline import checkpoint_meta
+from weakground.engine.checkpoint import checkpoint_meta
 from weakground.engine.retrieval import (Gallery, NearestImages, build_gallery, load_gallery, rank_captions,
                                          save_gallery, search_text)
 from weakground.errors import WeakgroundError

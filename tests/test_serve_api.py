@@ -15,7 +15,9 @@ pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip in
 pytest.importorskip("python_multipart", reason="the web app needs python-multipart (the serve extra)")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from weakground.config import BackboneConfig  # noqa: E402
 from weakground.data.demo_photos import demo_photo_path  # noqa: E402
+from weakground.engine.inference import Predictor  # noqa: E402
 from weakground.serve.app import LoadedModel, ServeSettings, create_app  # noqa: E402
 
 
@@ -34,7 +36,7 @@ def decode_png(b64: str) -> Image.Image:
 @pytest.fixture(scope="module")
 def client(bridge_model):
     app = create_app(ServeSettings(max_upload_bytes=2 * 1024 * 1024, timeout_s=60.0),
-                     loader=lambda settings: LoadedModel(bridge_model, 0.5, 3, "bridge"))
+                     loader=lambda settings: LoadedModel(Predictor(bridge_model, 0.5, "bridge")))
     with TestClient(app) as c:
         yield c
 
@@ -214,22 +216,24 @@ def test_upload_over_the_limit_is_413_by_header_and_by_stream(client, chelsea):
 def test_file_limit_is_exact(bridge_model, chelsea):
     # Within the body allowance (the image + form overhead) but over the file limit: the handler's own check.
     app = create_app(ServeSettings(max_upload_bytes=len(chelsea) - 1),
-                     loader=lambda s: LoadedModel(bridge_model, 0.5, 3, "bridge"))
+                     loader=lambda s: LoadedModel(Predictor(bridge_model, 0.5, "bridge")))
     with TestClient(app) as c:
         r = locate(c, chelsea, ["the cat"], name="chelsea.png")
         assert r.status_code == 413 and "chelsea.png: over the" in r.json()["detail"]
     app = create_app(ServeSettings(max_upload_bytes=len(chelsea)),
-                     loader=lambda s: LoadedModel(bridge_model, 0.5, 3, "bridge"))
+                     loader=lambda s: LoadedModel(Predictor(bridge_model, 0.5, "bridge")))
     with TestClient(app) as c:
         assert locate(c, chelsea, ["the cat"], heatmap_png=False).status_code == 200
 
 
-class SlowModel:
+class SlowModel(torch.nn.Module):
     """Stands in for a model that takes longer than the server's timeout."""
 
     name = "slow"
+    backbone_config = BackboneConfig(in_channels=3)
 
     def __init__(self, seconds: float) -> None:
+        super().__init__()
         self.seconds, self.calls = seconds, 0
 
     def grounding_maps(self, images, phrases):
@@ -240,7 +244,7 @@ class SlowModel:
 
 def test_timeout_is_504_and_the_server_keeps_answering(chelsea):
     model = SlowModel(1.5)
-    app = create_app(ServeSettings(timeout_s=0.3), loader=lambda s: LoadedModel(model, 0.5, 3, "slow"))
+    app = create_app(ServeSettings(timeout_s=0.3), loader=lambda s: LoadedModel(Predictor(model, 0.5, "slow")))
     with TestClient(app) as c:
         start = time.monotonic()
         r = locate(c, chelsea, ["the cat"])
@@ -271,7 +275,7 @@ def test_inference_is_serialised(chelsea):
                 active[0] -= 1
             return torch.ones(1, len(phrases), 4, 4)
 
-    app = create_app(ServeSettings(), loader=lambda s: LoadedModel(Counting(0), 0.5, 3, "counting"))
+    app = create_app(ServeSettings(), loader=lambda s: LoadedModel(Predictor(Counting(0), 0.5, "counting")))
     with TestClient(app) as c:
         codes = []
         threads = [threading.Thread(target=lambda: codes.append(locate(c, chelsea, ["x"]).status_code))

@@ -10,9 +10,9 @@ import torch
 from torch.nn import functional as F
 
 from weakground.config import BackboneConfig, config_from_json, load_config, to_dict
-from weakground.engine.pipeline import configure_inference
+from weakground.engine.inference import inference_settings
 from weakground.errors import ConfigError
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, InferenceSettings
 from weakground.metrics import resize_heatmap
 
 
@@ -27,16 +27,14 @@ class _CellMeans(Grounder):
     name = "_cell_means"
     config_class = _PoolConfig
 
-    def heatmaps(self, images, phrases):
-        images = self.prepare_images(images)
+    def heatmaps(self, images, phrases, inference=None):
+        images = self.prepare_images(images, inference)
         cells = F.avg_pool2d(images.mean(1, keepdim=True), self.config.stride)
         return cells.expand(-1, len(phrases), -1, -1)
 
 
 def _model(n: int, stride: int = 8) -> _CellMeans:
-    model = _CellMeans(_PoolConfig(stride), BackboneConfig(in_channels=3), [])
-    model.shift_average = n
-    return model
+    return _CellMeans(_PoolConfig(stride), BackboneConfig(in_channels=3), [], InferenceSettings(shift_average=n))
 
 
 def _naive(model: _CellMeans, image: np.ndarray, n: int) -> np.ndarray:
@@ -95,13 +93,31 @@ def test_the_averaged_peak_falls_between_cell_centres():
     assert peak_distance(4) <= 1.0
 
 
+def test_per_call_settings_override_the_model_s_own():
+    image = torch.rand(1, 3, 40, 48)
+    one_pass, shifted = _model(1), _model(3)
+    three = InferenceSettings(shift_average=3)
+    torch.testing.assert_close(one_pass.grounding_maps(image, ["a"], three), shifted.grounding_maps(image, ["a"]))
+    torch.testing.assert_close(shifted.grounding_maps(image, ["a"], InferenceSettings()),
+                               one_pass.grounding_maps(image, ["a"]))
+    assert shifted.shift_average == 3  # a call's settings never change the model's
+    # input_size too, the shifted copies included: the maps are those of the image resized to the square
+    square = InferenceSettings(input_size=32, shift_average=2)
+    out = one_pass.grounding_maps(image, ["a"], square)
+    assert out.shape == (1, 1, 32, 32)
+    resized = one_pass.prepare_images(image, square)
+    torch.testing.assert_close(out, _model(2).grounding_maps(resized, ["a"]))
+    with pytest.raises(AttributeError):
+        one_pass.shift_average = 2  # read-only: settings are given at construction or per call
+
+
 def test_the_setting_comes_from_the_config_and_is_checked():
     config = load_config("multilevel_cpu", ["eval.shift_average=3"])
-    model = _model(1)
-    configure_inference(model, config)
-    assert model.shift_average == 3
+    assert inference_settings(config).shift_average == 3
     with pytest.raises(ConfigError, match="eval.shift_average must be >= 1"):
-        configure_inference(model, load_config("multilevel_cpu", ["eval.shift_average=0"]))
+        inference_settings(load_config("multilevel_cpu", ["eval.shift_average=0"]))
+    with pytest.raises(ConfigError, match=r"eval.shift_average must be >= 1 \(1: no shifted copies\), got 0"):
+        InferenceSettings(shift_average=0)
 
 
 def test_checkpoints_from_before_shift_averaging_load_with_one_pass():

@@ -248,22 +248,62 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a preset (name or path) and apply ``KEY=VALUE`` overrides; every key is checked."""
-    path = resolve_preset(preset)
-    data = _read_yaml(path)
+@dataclass(frozen=True)
+class OverridePolicy:
+    """Which ``--set SECTION.KEY=VALUE`` keys a command accepts, and what it says when one is refused.
+
+    ``allowed`` holds dotted patterns; a final ``*`` matches any key below that prefix (``"data.*"``,
+    ``"method.params.*"``), and the single pattern ``"*"`` accepts everything (``train``).
+    """
+
+    allowed: tuple[str, ...] = ("*",)
+    refusal: str = ""
+
+    def accepts(self, keys: list[str]) -> bool:
+        dotted = ".".join(keys)
+        for pattern in self.allowed:
+            if pattern == "*" or pattern == dotted:
+                return True
+            if pattern.endswith(".*") and dotted.startswith(pattern[:-1]) and len(dotted) > len(pattern) - 1:
+                return True
+        return False
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], policy: OverridePolicy = OverridePolicy(),
+                    command: str = "override") -> dict[str, Any]:
+    """The one ``--set`` mechanism of train, eval and locate: write each ``KEY=VALUE`` into the nested mapping
+    ``data`` (in place, and returned) after ``policy`` accepted its key. Values are parsed as YAML; types and
+    key names are checked afterwards, when the mapping is turned into its dataclass by :func:`from_dict`."""
     for text in overrides:
         keys, value = parse_override(text)
+        if not policy.accepts(keys):
+            raise ConfigError(f"{command} --set {text!r}: {policy.refusal}")
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
+    return data
+
+
+def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a preset (name or path) and apply ``KEY=VALUE`` overrides; every key is checked."""
+    path = resolve_preset(preset)
+    data = apply_overrides(_read_yaml(path), overrides)
     for section, key in REQUIRED_PRESET_KEYS:
         if key not in (data.get(section) or {}):
             raise ConfigError(f"{path}: missing key {section}.{key} (a preset must name it)")
     return from_dict(ExperimentConfig, data, str(path))
+
+
+def override_config(config: ExperimentConfig, overrides: list[str] | tuple[str, ...], policy: OverridePolicy,
+                    command: str) -> ExperimentConfig:
+    """``config`` with ``overrides`` applied under ``policy`` (a loaded checkpoint's config, for eval/locate)."""
+    if not overrides:
+        return config
+    data = apply_overrides(to_dict(config), overrides, policy, command)
+    return from_dict(ExperimentConfig, data, f"{command} --set")
 
 
 # Keys added after checkpoints were first written, with the value that reproduces how those older checkpoints

@@ -63,6 +63,24 @@ def read_image_bytes(data: bytes, name: str = "upload", channels: int = 3) -> np
     return _decode(_io.BytesIO(data), name, channels)
 
 
+def pil_to_array(img: Any, channels: int = 3) -> np.ndarray:
+    """A decoded PIL image -> uint8 ``[H, W]`` (channels=1) or ``[H, W, 3]``: 16-bit and float modes stretched
+    to 8 bits, transparency composited on white, then grey or RGB (what every reader of this project sees)."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        arr = 255.0 * (arr - min(arr.min(), 0.0)) / max(arr.max() - min(arr.min(), 0.0), 1.0)
+        img = Image.fromarray(arr.round().astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    img = img.convert("L" if channels == 1 else "RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
 def _decode(source: Any, label: str, channels: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -80,18 +98,7 @@ def _decode(source: Any, label: str, channels: int) -> np.ndarray:
                                      f"({img.width * img.height / 1e6:.0f} MP), above the "
                                      f"{MAX_PIXELS / 1e6:.0f} MP limit", "too_large")
             img.load()  # decode now, so a truncated file fails here with the decoder's message
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(img, dtype=np.float64)
-                arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-                arr = 255.0 * (arr - min(arr.min(), 0.0)) / max(arr.max() - min(arr.min(), 0.0), 1.0)
-                img = Image.fromarray(arr.round().astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            img = img.convert("L" if channels == 1 else "RGB")
-            return np.asarray(img, dtype=np.uint8).copy()
+            return pil_to_array(ImageOps.exif_transpose(img), channels)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:

@@ -46,3 +46,13 @@ class Registry(Generic[T]):
 METHODS: Registry = Registry("method")
 BACKBONES: Registry = Registry("backbone")
 DATASETS: Registry = Registry("dataset")
+# Image encoders the caption methods choose by name (method.params.image_encoder), registered in weakground.vision
+# (importing that package registers them all): ``factory(backbone_config, finetune) -> module``. Every module offers
+# ``channels`` (level name -> channels), ``levels(images, names) -> {name: [B, C, h, w]}``, ``feature_map(images,
+# level)`` and ``feature_channels(level)`` (the one map a single-level method reads), ``selects_level`` (whether
+# that map depends on ``level``) and ``pretrained_parameters()`` (pretrained weights that train here).
+IMAGE_ENCODERS: Registry = Registry("image encoder")
+# Text encoders (method.params.text_encoder), registered in weakground.text (importing it registers them all):
+# ``factory(options: weakground.text.encoders.TextEncoderOptions) -> module``; see weakground.text.encoders for
+# what every one offers.
+TEXT_ENCODERS: Registry = Registry("text encoder")

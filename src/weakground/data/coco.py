@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from weakground.data.readers import ProblemLog, checked_box, load_json, normalize_text, require_dir
+from weakground.data.parsing import ProblemLog, checked_box, load_json, normalize_text, require_dir
 from weakground.data.types import Box, Caption, ImageRecord, Phrase, ReadResult
 from weakground.errors import WeakgroundError
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterable
 from xml.etree import ElementTree as ET
 
-from weakground.data.readers import (
+from weakground.data.parsing import (
     ProblemLog,
     XmlError,
     XmlNode,

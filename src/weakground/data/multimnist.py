@@ -260,14 +260,7 @@ def make_multimnist(spec: MultiMnistSpec, n_images: int, pool: str = "train", se
     Raises:
         WeakgroundError: an invalid spec field, unknown pool, bad ``n_images``/``seed``, or missing digit data.
     """
-    if not isinstance(spec, MultiMnistSpec):
-        raise TypeError(f"spec must be a MultiMnistSpec, got {type(spec).__name__}")
-    spec.validate()  # again: the fields may have been changed after construction
-    check_pool(pool)
-    for name, value in (("n_images", n_images), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise WeakgroundError(f"make_multimnist: {name} must be a non-negative integer, got {value!r}")
-
+    _check_arguments(spec, n_images, pool, seed)
     digits, classes = load_digits_5k()
     digit_boxes = ink_boxes(digits)  # (5000, 4) int64, in patch coordinates
     index = digit_pools(classes, spec.test_fraction, spec.pool_seed)[pool]
@@ -280,36 +273,69 @@ def make_multimnist(spec: MultiMnistSpec, n_images: int, pool: str = "train", se
                              for s in np.random.SeedSequence([int(seed), POOLS.index(pool)]).spawn(2))
     size = spec.image_size
     images = np.zeros((n_images, size, size), dtype=np.uint8)
-    boxes: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    sources: list[np.ndarray] = []
-    patches: list[np.ndarray] = []
+    truth = _GroundTruth()
 
     from tqdm.auto import tqdm
 
     with tqdm(total=n_images, disable=not progress, desc=f"multimnist {pool}", unit="img", leave=False) as bar:
         for start in range(0, n_images, _BLOCK):
-            stop = min(n_images, start + _BLOCK)
-            n = stop - start
-            if spec.layout == "grid":
-                src, xs, ys, valid = _grid_layout(spec, n, index, layout_rng)
-            else:
-                src, xs, ys, valid = _free_layout(spec, n, index, digit_boxes, layout_rng)
-            block = images[start:stop]
-            _paste(block, digits, src, xs, ys, valid)
-            # Ink boxes move with their patch; float32 is what the evaluation code consumes.
-            corner = np.stack([xs, ys, xs, ys], axis=-1)
-            shifted = (digit_boxes[src] + corner).astype(np.float32)
-            patch = (corner + np.array([0, 0, DIGIT_SIZE, DIGIT_SIZE])).astype(np.float32)
-            for i in range(n):
-                keep = valid[i]
-                boxes.append(shifted[i, keep])
-                patches.append(patch[i, keep])
-                labels.append(classes[src[i, keep]].astype(np.int64))
-                sources.append(src[i, keep].astype(np.int64))
+            block = images[start:min(n_images, start + _BLOCK)]
+            truth.add(classes, *_compose(block, spec, index, digits, digit_boxes, layout_rng))
             if spec.noise_std > 0:
                 _add_noise(block, float(spec.noise_std), noise_rng)
-            bar.update(n)
+            bar.update(len(block))
 
-    return MultiMnistSet(images=images, boxes=boxes, labels=labels, spec=spec, pool=pool, source_index=sources,
-                         patch_boxes=patches)
+    return MultiMnistSet(images=images, boxes=truth.boxes, labels=truth.labels, spec=spec, pool=pool,
+                         source_index=truth.sources, patch_boxes=truth.patches)
+
+
+def _check_arguments(spec: MultiMnistSpec, n_images: int, pool: str, seed: int) -> None:
+    if not isinstance(spec, MultiMnistSpec):
+        raise TypeError(f"spec must be a MultiMnistSpec, got {type(spec).__name__}")
+    spec.validate()  # again: the fields may have been changed after construction
+    check_pool(pool)
+    for name, value in (("n_images", n_images), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise WeakgroundError(f"make_multimnist: {name} must be a non-negative integer, got {value!r}")
+
+
+@dataclass
+class _GroundTruth:
+    """Per-image ground truth, appended block by block in image order (see :class:`MultiMnistSet`)."""
+
+    boxes: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    sources: list[np.ndarray] = field(default_factory=list)
+    patches: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, classes: np.ndarray, src: np.ndarray, valid: np.ndarray, shifted: np.ndarray,
+            patch: np.ndarray) -> None:
+        """Append one block's images: digit indices ``src`` and ``valid`` ``(n, K)``, boxes ``(n, K, 4)``."""
+        for i in range(len(src)):
+            keep = valid[i]
+            self.boxes.append(shifted[i, keep])
+            self.patches.append(patch[i, keep])
+            self.labels.append(classes[src[i, keep]].astype(np.int64))
+            self.sources.append(src[i, keep].astype(np.int64))
+
+
+def _compose(block: np.ndarray, spec: MultiMnistSpec, pool: np.ndarray, digits: np.ndarray,
+             digit_boxes: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lay out and paste the digits of ``block`` ``(n, S, S)`` in place.
+
+    Returns:
+        ``(src, valid, ink boxes, patch boxes)``: digit indices and slot validity ``(n, K)``, boxes ``(n, K, 4)``
+        float32 in image coordinates.
+    """
+    n = len(block)
+    if spec.layout == "grid":
+        src, xs, ys, valid = _grid_layout(spec, n, pool, rng)
+    else:
+        src, xs, ys, valid = _free_layout(spec, n, pool, digit_boxes, rng)
+    _paste(block, digits, src, xs, ys, valid)
+    # Ink boxes move with their patch; float32 is what the evaluation code consumes.
+    corner = np.stack([xs, ys, xs, ys], axis=-1)
+    shifted = (digit_boxes[src] + corner).astype(np.float32)
+    patch = (corner + np.array([0, 0, DIGIT_SIZE, DIGIT_SIZE])).astype(np.float32)
+    return src, valid, shifted, patch

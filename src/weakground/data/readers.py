@@ -1,8 +1,9 @@
-"""One entry point over every dataset reader, and the machinery the readers share.
+"""One entry point over every dataset reader: ``FORMAT:PATH`` specs, formats looked up in the dataset registry.
 
 A dataset is named by a spec ``FORMAT:PATH``; :func:`read_dataset` turns it into a
 :class:`~weakground.data.types.ReadResult`, :func:`check_dataset` into counts and grouped problems for
-``weakground data check FORMAT:PATH``. Each format lives in its own module (one module per source):
+``weakground data check FORMAT:PATH``. ``FORMAT`` is any dataset of the registry
+(:mod:`weakground.data.sources`) that has a reader; each format lives in its own module (one module per source):
 
 =====================  ===========================================  ================================
 format                 module                                       PATH is
@@ -26,24 +27,33 @@ How bad input is handled, in every reader:
 * Boxes: non-finite or ``x2 <= x1``/``y2 <= y1`` -> skipped (``"degenerate box"``); entirely outside the image ->
   skipped; partly outside -> clipped to the image and recorded.
 
-Readers use numpy/stdlib/PIL only, never models or torch, so ``weakground data check`` stays fast.
+Readers use numpy/stdlib/PIL only, never models or torch, so ``weakground data check`` stays fast. The machinery
+they share (:class:`ProblemLog`, :func:`checked_box`, JSON/XML/split-file parsing) is in
+:mod:`weakground.data.parsing` and re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-from xml.parsers import expat
+from types import MappingProxyType
+from typing import Any
 
-from weakground.data.types import Box, Problem, ReadResult
+from weakground.data.parsing import (  # re-exported: the readers' shared machinery was defined here before
+    ProblemLog,
+    XmlError,
+    XmlNode,
+    checked_box,
+    load_json,
+    normalize_text,
+    parse_xml,
+    read_split_ids,
+    require_dir,
+)
+from weakground.data.sources import dataset_source, disk_formats
+from weakground.data.types import ReadResult
 from weakground.errors import WeakgroundError
 
 __all__ = [
-    "FORMATS",
     "read_dataset",
     "check_dataset",
     "format_check_report",
@@ -59,13 +69,13 @@ __all__ = [
     "normalize_text",
 ]
 
-# Format name -> "module:function"; imported on demand so that reading COCO never imports the XML reader.
-FORMATS: dict[str, str] = {
-    "flickr30k_entities": "weakground.data.flickr30k_entities:read_flickr30k_entities",
-    "coco": "weakground.data.coco:read_coco",
-    "referit": "weakground.data.referit:read_referit",
-    "visual_genome": "weakground.data.visual_genome:read_visual_genome",
-}
+
+def __getattr__(name: str) -> Any:
+    # FORMATS was a table of reader module paths; the registry replaced it. A read-only view derived from the
+    # registry on each access (never a stale copy) keeps `fmt in FORMATS` / `sorted(FORMATS)` working.
+    if name == "FORMATS":
+        return MappingProxyType({fmt: dataset_source(fmt) for fmt in disk_formats()})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -78,17 +88,13 @@ def parse_spec(spec: str) -> tuple[str, Path]:
         WeakgroundError: no ``:``, an empty path, or an unknown format (the message lists the known ones).
     """
     fmt, sep, path = spec.partition(":")
-    known = ", ".join(sorted(FORMATS))
+    formats = disk_formats()
+    known = ", ".join(formats)
     if not sep or not path:
         raise WeakgroundError(f"dataset spec {spec!r}: expected FORMAT:PATH with FORMAT one of {known}")
-    if fmt not in FORMATS:
+    if fmt not in formats:
         raise WeakgroundError(f"dataset spec {spec!r}: unknown format {fmt!r}; known: {known}")
     return fmt, Path(path)
-
-
-def _reader(fmt: str) -> Callable[..., ReadResult]:
-    module, _, func = FORMATS[fmt].partition(":")
-    return getattr(importlib.import_module(module), func)
 
 
 def read_dataset(spec: str, split: str = "test", strict: bool = False, *, check_images: bool = True) -> ReadResult:
@@ -108,7 +114,9 @@ def read_dataset(spec: str, split: str = "test", strict: bool = False, *, check_
         WeakgroundError: a bad spec, a fatal problem, or (``strict``) the first problem.
     """
     fmt, path = parse_spec(spec)
-    return _reader(fmt)(path, split=split, strict=strict, check_images=check_images)
+    read = dataset_source(fmt).read
+    assert read is not None  # parse_spec accepts only formats with a reader
+    return read(path, split=split, strict=strict, check_images=check_images)
 
 
 def check_dataset(spec: str, split: str = "all", *, check_images: bool = True) -> dict[str, Any]:
@@ -167,182 +175,3 @@ def format_check_report(report: dict[str, Any]) -> str:
         example = info["example"] + (f" ({info['detail']})" if info["detail"] else "")
         lines.append(f"  {info['count']:>6,}  {labels[reason]:<{width}}  e.g. {example}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------- shared reader machinery
-
-
-@dataclass
-class ProblemLog:
-    """Collects problems; in strict mode turns the first one that is not by design into a WeakgroundError."""
-
-    strict: bool = False
-    problems: list[Problem] = field(default_factory=list)
-
-    def add(self, file: str | Path, line: int | None, reason: str, detail: str = "", by_design: bool = False) -> None:
-        """Record a problem, or raise it when strict (and it is not a gap the format encodes on purpose)."""
-        problem = Problem(str(file), line, reason, detail, by_design)
-        if self.strict and not by_design:
-            raise WeakgroundError(str(problem))
-        self.problems.append(problem)
-
-
-def checked_box(box: Box, width: float, height: float, log: ProblemLog, file: str | Path, line: int | None,
-                detail: str = "") -> Box | None:
-    """Validate a box against its image: skip degenerate or outside boxes, clip partly outside ones.
-
-    Every skip or clip is recorded in ``log`` (reasons ``"degenerate box"``, ``"box entirely outside the
-    image"``, ``"box partly outside the image (clipped)"``).
-
-    Returns:
-        The box (clipped if needed), or ``None`` when it is unusable.
-    """
-    coords = box.as_list()
-    if not all(math.isfinite(c) for c in coords) or box.x2 <= box.x1 or box.y2 <= box.y1:
-        log.add(file, line, "degenerate box", _join(detail, f"box {_fmt_box(box)}"))
-        return None
-    if box.x2 <= 0 or box.y2 <= 0 or box.x1 >= width or box.y1 >= height:
-        log.add(file, line, "box entirely outside the image",
-                _join(detail, f"box {_fmt_box(box)} on a {width:g}x{height:g} image"))
-        return None
-    clipped = box.clip(width, height)
-    if clipped != box:
-        log.add(file, line, "box partly outside the image (clipped)",
-                _join(detail, f"box {_fmt_box(box)} -> {_fmt_box(clipped)} on a {width:g}x{height:g} image"))
-    return clipped
-
-
-def _fmt_box(box: Box) -> str:
-    return "[" + ", ".join(f"{c:g}" for c in box.as_list()) + "]"
-
-
-def _join(*parts: str) -> str:
-    return ", ".join(p for p in parts if p)
-
-
-def require_dir(path: Path, what: str) -> Path:
-    """``path`` if it is a directory, else a WeakgroundError naming it (a fatal problem)."""
-    if not path.is_dir():
-        raise WeakgroundError(f"{path}: {what} not found")
-    return path
-
-
-def load_json(path: Path, what: str = "JSON file") -> Any:
-    """Load a whole JSON file; a missing, unreadable or malformed file is fatal and named with its line.
-
-    Raises:
-        WeakgroundError: ``"{path}: {what} not found"`` or ``"{path}:{line}: malformed JSON (...)"``.
-    """
-    if not path.is_file():
-        raise WeakgroundError(f"{path}: {what} not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise WeakgroundError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
-    except UnicodeDecodeError as exc:
-        raise WeakgroundError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise WeakgroundError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def read_split_ids(path: Path) -> list[tuple[str, int]]:
-    """Image ids listed one a line in a split file, with their 1-based line numbers; blank lines ignored.
-
-    Raises:
-        WeakgroundError: the split file is missing or not UTF-8 (fatal: it is the dataset's index).
-    """
-    if not path.is_file():
-        raise WeakgroundError(f"{path}: split file not found (expected one image id a line)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise WeakgroundError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return [(line.strip(), n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
-def normalize_text(text: str) -> str:
-    """Collapse runs of whitespace (newlines, double spaces, edges) to single spaces.
-
-    Real caption files carry stray whitespace ("A  cat\\n"); it never carries meaning, and a single-space form
-    makes ``text.split()`` word indices and round trips stable.
-    """
-    return " ".join(text.split())
-
-
-# ----------------------------------------------------------------------------------- XML with line numbers
-
-
-@dataclass
-class XmlNode:
-    """An element of a parsed XML file, with the line it starts on (for ``file:line`` problems)."""
-
-    tag: str
-    line: int
-    text: str = ""
-    children: list[XmlNode] = field(default_factory=list)
-
-    def find(self, tag: str) -> XmlNode | None:
-        """The first child named ``tag``, or ``None``."""
-        return next((c for c in self.children if c.tag == tag), None)
-
-    def findall(self, tag: str) -> list[XmlNode]:
-        """Every child named ``tag``, in file order."""
-        return [c for c in self.children if c.tag == tag]
-
-    def findtext(self, tag: str) -> str | None:
-        """The stripped text of the first child named ``tag``, or ``None`` when there is no such child."""
-        child = self.find(tag)
-        return None if child is None else child.text.strip()
-
-
-class XmlError(Exception):
-    """An XML file that cannot be parsed or is refused; ``line`` is where, ``reason`` the problem category."""
-
-    def __init__(self, reason: str, line: int | None, detail: str) -> None:
-        super().__init__(f"{reason} at line {line}: {detail}")
-        self.reason, self.line, self.detail = reason, line, detail
-
-
-def parse_xml(path: Path) -> XmlNode:
-    """Parse a small XML file with expat into :class:`XmlNode`s that know their line numbers.
-
-    ``xml.etree`` keeps no line numbers, which ``file:line`` problems need. Entity declarations are refused
-    outright (annotation files never need them), which rules out entity-expansion bombs and external entities
-    without depending on defusedxml.
-
-    Raises:
-        XmlError: reason ``"malformed XML"`` or ``"XML with entity declarations refused"``.
-        OSError: the file cannot be read (callers check existence first).
-    """
-    data = path.read_bytes()
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    root: list[XmlNode] = []
-    stack: list[XmlNode] = []
-
-    def start(tag: str, _attrs: dict[str, str]) -> None:
-        node = XmlNode(tag, parser.CurrentLineNumber)
-        (stack[-1].children if stack else root).append(node)
-        stack.append(node)
-
-    def end(_tag: str) -> None:
-        stack.pop()
-
-    def chars(text: str) -> None:
-        if stack:
-            stack[-1].text += text
-
-    def refuse_entity(name: str, *_args: Any) -> None:
-        raise XmlError("XML with entity declarations refused", parser.CurrentLineNumber,
-                       f"declares entity {name!r}")
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
-    parser.EntityDeclHandler = refuse_entity
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise XmlError("malformed XML", exc.lineno, expat.ErrorString(exc.code)) from None
-    return root[0]

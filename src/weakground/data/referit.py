@@ -28,10 +28,11 @@ expression (``first_word_index=0``) grounded to the referred object's box, ``ent
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weakground.data.readers import ProblemLog, checked_box, load_json, normalize_text, require_dir
+from weakground.data.parsing import ProblemLog, checked_box, load_json, normalize_text, require_dir
 from weakground.data.types import Box, Caption, ImageRecord, Phrase, ReadResult
 from weakground.errors import WeakgroundError
 
@@ -83,7 +84,23 @@ def read_referit(root: str | Path, split: str = "test", strict: bool = False, *,
     """
     root = require_dir(Path(root), "ReferIt root")
     ref_dir, data_root = (root / "refclef", root) if (root / "refclef").is_dir() else (root, root.parent)
-    image_dir = data_root / "images" / "saiapr_tc-12"
+    refs, refs_path = _load_refs(ref_dir)
+    instances_path = ref_dir / "instances.json"
+    instances = _load_instances(instances_path)
+    _check_split(refs, split, refs_path)
+    log = ProblemLog(strict)
+    reading = _Refs(_Instances(instances, instances_path, log), log, refs_path,
+                    data_root / "images" / "saiapr_tc-12", check_images)
+    for k, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            log.add(refs_path, None, "malformed ref entry", f"refs[{k}] is not an object")
+        elif split == "all" or ref.get("split") == split:
+            reading.add(k, ref)
+    return ReadResult(list(reading.records.values()), log.problems)
+
+
+def _load_refs(ref_dir: Path) -> tuple[list[Any], Path]:
+    """The refs list and the file it came from: ``refs.json``, else the first pickle found (read safely)."""
     refs_path = ref_dir / "refs.json"
     if refs_path.is_file():
         refs = load_json(refs_path, "refs file")
@@ -95,64 +112,90 @@ def read_referit(root: str | Path, split: str = "test", strict: bool = False, *,
         refs = load_refs_pickle(refs_path)
     if not isinstance(refs, list):
         raise WeakgroundError(f"{refs_path}: expected a list of refs")
-    instances_path = ref_dir / "instances.json"
-    instances = load_json(instances_path, "instances file")
+    return refs, refs_path
+
+
+def _load_instances(path: Path) -> dict[str, Any]:
+    instances = load_json(path, "instances file")
     if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list)
                                                   for k in ("images", "annotations")):
-        raise WeakgroundError(f"{instances_path}: not a COCO-style instances file (needs 'images' and 'annotations')")
+        raise WeakgroundError(f"{path}: not a COCO-style instances file (needs 'images' and 'annotations')")
+    return instances
+
+
+def _check_split(refs: list[Any], split: str, refs_path: Path) -> None:
     splits = {ref.get("split") for ref in refs if isinstance(ref, dict)}
     if split != "all" and split not in splits:
         known = ", ".join(sorted(str(s) for s in splits)) or "none"
         raise WeakgroundError(f"{refs_path}: no ref has split {split!r}; splits present: {known}")
 
-    log = ProblemLog(strict)
-    reader = _Instances(instances, instances_path, log)
-    records: dict[str, ImageRecord] = {}
-    skipped: set[str] = set()
-    for k, ref in enumerate(refs):
-        if not isinstance(ref, dict):
-            log.add(refs_path, None, "malformed ref entry", f"refs[{k}] is not an object")
-            continue
-        if split != "all" and ref.get("split") != split:
-            continue
+
+@dataclass
+class _Refs:
+    """The records built so far from one split's refs, and what checking the next ref needs."""
+
+    instances: _Instances
+    log: ProblemLog
+    refs_path: Path
+    image_dir: Path
+    check_images: bool
+    records: dict[str, ImageRecord] = field(default_factory=dict)
+    # Image ids whose image entry is unusable: reported once, at the first ref to them; later refs are dropped.
+    skipped: set[str] = field(default_factory=set)
+
+    def add(self, k: int, ref: dict[str, Any]) -> None:
+        """Add ref ``k``'s sentences to its image's record, or record why it cannot be used."""
         where = f"refs[{k}] (ref_id {ref.get('ref_id')})"
         sentences = ref.get("sentences")
         if "image_id" not in ref or "ann_id" not in ref or not isinstance(sentences, list):
-            log.add(refs_path, None, "malformed ref entry", f"{where}: needs image_id, ann_id, sentences")
-            continue
+            self._problem("malformed ref entry", f"{where}: needs image_id, ann_id, sentences")
+            return
         image_id, ann_id = str(ref["image_id"]), str(ref["ann_id"])
-        if image_id in skipped:
-            continue
-        if image_id not in reader.images:
-            log.add(refs_path, None, "ref for unknown image id", f"{where}: image_id {image_id}")
-            continue
-        if ann_id not in reader.annotations:
-            log.add(refs_path, None, "unknown annotation id", f"{where}: ann_id {ann_id}")
-            continue
-        ann_image = reader.annotations[ann_id].get("image_id")
-        if ann_image is not None and str(ann_image) != image_id:
-            log.add(refs_path, None, "ref and annotation disagree on the image", f"{where}: ann_id {ann_id}")
-            continue
-        record = records.get(image_id)
+        if image_id in self.skipped or not self._ids_agree(where, image_id, ann_id):
+            return
+        record = self._record(image_id)
         if record is None:
-            record = reader.record(image_id, image_dir, check_images)
-            if record is None:
-                skipped.add(image_id)
-                continue
-            records[image_id] = record
-        box = reader.box(ann_id, record)
+            return
+        box = self.instances.box(ann_id, record)
         if box is None:
-            log.add(refs_path, None, "referred object has no valid box", f"{where}: ann_id {ann_id}")
-            continue
-        types = reader.category(ann_id)
+            self._problem("referred object has no valid box", f"{where}: ann_id {ann_id}")
+            return
+        types = self.instances.category(ann_id)
         for s, sentence in enumerate(sentences):
             raw = sentence.get("sent", sentence.get("raw")) if isinstance(sentence, dict) else None
             text = normalize_text(raw) if isinstance(raw, str) else ""
             if not text:
-                log.add(refs_path, None, "empty caption", f"{where} sentence {s}")
+                self._problem("empty caption", f"{where} sentence {s}")
                 continue
             record.captions.append(Caption(text, [Phrase(text, [box], types, ann_id, 0)]))
-    return ReadResult(list(records.values()), log.problems)
+
+    def _problem(self, reason: str, detail: str) -> None:
+        self.log.add(self.refs_path, None, reason, detail)
+
+    def _ids_agree(self, where: str, image_id: str, ann_id: str) -> bool:
+        """Whether the ref's image and annotation exist and the annotation is on that image."""
+        if image_id not in self.instances.images:
+            self._problem("ref for unknown image id", f"{where}: image_id {image_id}")
+            return False
+        if ann_id not in self.instances.annotations:
+            self._problem("unknown annotation id", f"{where}: ann_id {ann_id}")
+            return False
+        ann_image = self.instances.annotations[ann_id].get("image_id")
+        if ann_image is not None and str(ann_image) != image_id:
+            self._problem("ref and annotation disagree on the image", f"{where}: ann_id {ann_id}")
+            return False
+        return True
+
+    def _record(self, image_id: str) -> ImageRecord | None:
+        """The image's record, made at its first ref; ``None`` (and skipped from now on) when unusable."""
+        record = self.records.get(image_id)
+        if record is None:
+            record = self.instances.record(image_id, self.image_dir, self.check_images)
+            if record is None:
+                self.skipped.add(image_id)
+                return None
+            self.records[image_id] = record
+        return record
 
 
 class _Instances:

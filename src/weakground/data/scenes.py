@@ -949,30 +949,49 @@ def write_scenes(out_dir: str | Path, spec: SceneSpec, n_train: int, n_val: int,
     records: dict[str, list[ImageRecord]] = {}
     objects: dict[str, dict[str, list[dict]]] = {}
     for split, n in counts.items():
-        records[split], objects[split] = [], {}
-        for scene in iter_scenes(spec, split, n):
-            path = images_dir / f"{scene.record.image_id}.jpg"
-            scene.image.save(path, quality=jpeg_quality)
-            scene.record.path = path
-            records[split].append(scene.record)
-            objects[split][scene.record.image_id] = [
-                {"category": o.category, "colour": o.colour, "texture": o.texture, "size": o.size,
-                 "box": o.box.as_list()} for o in scene.objects]
+        records[split], objects[split] = _write_images(spec, split, n, images_dir, jpeg_quality)
     all_records = [r for split in SPLITS for r in records[split]]
     write_flickr30k_entities(all_records, root, {s: [r.image_id for r in records[s]] for s in SPLITS},
                              copy_images=False)
     if coco:
-        for split in SPLITS:
-            split_dir = root / split
-            split_dir.mkdir(exist_ok=True)
-            for record in records[split]:
-                assert record.path is not None
-                _link_or_copy(record.path, split_dir / record.path.name)
-            write_coco_captions(records[split], root / "annotations" / f"captions_{split}.json",
-                                root / "annotations" / f"instances_{split}.json", image_dir=split_dir)
+        _write_coco_layout(root, records)
     held = heldout_pairs(spec)
     (root / "scenes.json").write_text(json.dumps({"spec": asdict(spec), "heldout_pairs": held,
                                                   "objects": objects}), encoding="utf-8")
+    return _written_summary(root, spec, records, held)
+
+
+def _write_images(spec: SceneSpec, split: str, n: int, images_dir: Path, jpeg_quality: int
+                  ) -> tuple[list[ImageRecord], dict[str, list[dict]]]:
+    """Generate ``split``'s ``n`` scenes and save their JPEGs: the records (with paths) and, per image id, its
+    objects' attributes and boxes (for ``scenes.json``)."""
+    records: list[ImageRecord] = []
+    objects: dict[str, list[dict]] = {}
+    for scene in iter_scenes(spec, split, n):
+        path = images_dir / f"{scene.record.image_id}.jpg"
+        scene.image.save(path, quality=jpeg_quality)
+        scene.record.path = path
+        records.append(scene.record)
+        objects[scene.record.image_id] = [
+            {"category": o.category, "colour": o.colour, "texture": o.texture, "size": o.size,
+             "box": o.box.as_list()} for o in scene.objects]
+    return records, objects
+
+
+def _write_coco_layout(root: Path, records: dict[str, list[ImageRecord]]) -> None:
+    """COCO captions/instances JSON per split, and ``<split>/`` links to the images where read_coco looks."""
+    for split in SPLITS:
+        split_dir = root / split
+        split_dir.mkdir(exist_ok=True)
+        for record in records[split]:
+            assert record.path is not None
+            _link_or_copy(record.path, split_dir / record.path.name)
+        write_coco_captions(records[split], root / "annotations" / f"captions_{split}.json",
+                            root / "annotations" / f"instances_{split}.json", image_dir=split_dir)
+
+
+def _written_summary(root: Path, spec: SceneSpec, records: dict[str, list[ImageRecord]],
+                     held: list[tuple[str, str]]) -> dict:
     phrases = {s: [p for r in records[s] for c in r.captions for p in c.phrases] for s in SPLITS}
     return {
         "root": str(root),

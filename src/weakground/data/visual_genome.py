@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from weakground.data.readers import (
+from weakground.data.parsing import (
     ProblemLog,
     checked_box,
     load_json,

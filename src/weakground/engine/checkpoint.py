@@ -49,6 +49,15 @@ def checkpointed_state(model: nn.Module) -> dict[str, torch.Tensor]:
     prefixes = tuple(f"{name}." for name in getattr(model, "frozen_modules", ()))
     return {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
 
+def checkpoint_meta(config: Any, names: list[str]) -> dict[str, Any]:
+    """What every checkpoint of a run records beside its weights: the method, its classes, the resolved config."""
+    from weakground.version import __version__
+    from weakground.config import to_dict
+
+    return {"method": config.method.name, "class_names": names, "config": to_dict(config),
+            "weakground_version": __version__}
+
+
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimizer: Any = None) -> None:
     """Write ``model``'s weights (less its frozen pretrained modules) and ``meta`` (JSON-serialisable) to

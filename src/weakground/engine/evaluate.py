@@ -11,6 +11,7 @@ that stays blank for an absent digit scores 1.0. The ground-truth boxes are the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ from weakground.config import EvalConfig
 from weakground.data.batches import images_to_tensor
 from weakground.errors import ConfigError
 from weakground.methods.base import check_choice
-from weakground.metrics import auroc, box_iou, class_average_precision, heatmap_to_boxes, mean_ap, peak_box, resize_heatmap
+from weakground.engine.inference import ground_maps
+from weakground.metrics import auroc, box_iou, class_average_precision, mean_ap, peak_box, resize_heatmap
 
 
 GROUND_TRUTH_BOXES = {"ink": "tight box of each digit's ink, pixel edges",
@@ -62,6 +64,51 @@ def protocol_description(config: EvalConfig) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Tally:
+    """What the label evaluator accumulates over the test images."""
+
+    ious: list[float] = field(default_factory=list)
+    hits: list[bool] = field(default_factory=list)
+    pos_peaks: list[float] = field(default_factory=list)
+    neg_peaks: list[float] = field(default_factory=list)
+    detections: list[tuple] = field(default_factory=list)
+    ground_truth: list[tuple] = field(default_factory=list)
+
+    def add_image(self, i: int, maps: torch.Tensor, boxes: torch.Tensor, labels: np.ndarray, names: list[str],
+                  threshold: float) -> None:
+        """Score one image's ``[K, H, W]`` maps (every class asked) against its boxes and labels."""
+        present = [c for c in range(len(names)) if c in labels]
+        for c in range(len(names)):
+            (self.pos_peaks if c in present else self.neg_peaks).append(float(maps[c].max()))
+        for c, found in zip(present, ground_maps(maps[present], [names[c] for c in present], threshold)):
+            gt = boxes[torch.from_numpy(labels == c)]
+            self.ground_truth.append((i, c, gt))
+            self.detections.append((i, c, torch.tensor(found.boxes, dtype=torch.float32).reshape(-1, 4),
+                                    torch.tensor(found.box_scores, dtype=torch.float32)))
+            box, _ = peak_box(maps[c], threshold)
+            self.ious.append(float(box_iou(box[None], gt).max()))
+            x, y = found.point
+            self.hits.append(bool(((gt[:, 0] <= x) & (x < gt[:, 2]) & (gt[:, 1] <= y) & (y < gt[:, 3])).any()))
+
+    def report(self, config: EvalConfig, names: list[str]) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "avg_iou": 100.0 * float(np.mean(self.ious)) if self.ious else float("nan"),
+            "pointing_accuracy": float(np.mean(self.hits)) if self.hits else float("nan"),
+            "absent_auroc": auroc(np.array(self.pos_peaks), np.array(self.neg_peaks)),
+        }
+        per_class, aps = {}, []
+        for t in config.iou_thresholds:
+            ap = class_average_precision(self.detections, self.ground_truth, t)
+            key = f"ap{round(t * 100):d}"
+            report[key] = 100.0 * mean_ap(ap)
+            per_class[key] = {names[c]: 100.0 * v for c, v in sorted(ap.items())}
+            aps.append(report[key])
+        report["map"] = float(np.mean(aps)) if aps else float("nan")
+        report["ap_per_class"] = per_class
+        return report
+
+
 @torch.no_grad()
 def evaluate_label_grounding(
     model: nn.Module, dataset: Any, config: EvalConfig, device: torch.device | str = "cpu",
@@ -80,47 +127,31 @@ def evaluate_label_grounding(
     names = list(model.class_names)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     size = dataset.images.shape[1:]
-    ious, hits, pos_peaks, neg_peaks = [], [], [], []
-    detections, ground_truth = [], []
+    tally = _Tally()
     for start in tqdm(range(0, n, config.batch_size), disable=not progress, desc="evaluate", leave=False):
         stop = min(n, start + config.batch_size)
         images = images_to_tensor(dataset.images[start:stop]).to(device)
         maps = resize_heatmap(model.grounding_maps(images, names).float(), tuple(size)).cpu()  # [B, K, H, W]
         for b in range(stop - start):
-            i = start + b
-            boxes = torch.as_tensor(all_boxes[i], dtype=torch.float32)
-            labels = np.asarray(dataset.labels[i])
-            for c in range(len(names)):
-                hm = maps[b, c]
-                peak = float(hm.max())
-                if c not in labels:
-                    neg_peaks.append(peak)
-                    continue
-                pos_peaks.append(peak)
-                gt = boxes[torch.from_numpy(labels == c)]
-                ground_truth.append((i, c, gt))
-                det_boxes, det_scores = heatmap_to_boxes(hm, config.box_threshold)
-                detections.append((i, c, det_boxes, det_scores))
-                box, _ = peak_box(hm, config.box_threshold)
-                ious.append(float(box_iou(box[None], gt).max()))
-                y, x = divmod(int(hm.argmax()), hm.shape[1])
-                hits.append(bool(((gt[:, 0] <= x) & (x < gt[:, 2]) & (gt[:, 1] <= y) & (y < gt[:, 3])).any()))
-    report: dict[str, Any] = {
-        "avg_iou": 100.0 * float(np.mean(ious)) if ious else float("nan"),
-        "pointing_accuracy": float(np.mean(hits)) if hits else float("nan"),
-        "absent_auroc": auroc(np.array(pos_peaks), np.array(neg_peaks)),
-    }
-    per_class = {}
-    aps = []
-    for t in config.iou_thresholds:
-        ap = class_average_precision(detections, ground_truth, t)
-        key = f"ap{round(t * 100):d}"
-        report[key] = 100.0 * mean_ap(ap)
-        per_class[key] = {names[c]: 100.0 * v for c, v in sorted(ap.items())}
-        aps.append(report[key])
-    report["map"] = float(np.mean(aps)) if aps else float("nan")
-    report["ap_per_class"] = per_class
+            tally.add_image(start + b, maps[b], torch.as_tensor(all_boxes[start + b], dtype=torch.float32),
+                            np.asarray(dataset.labels[start + b]), names, config.box_threshold)
+    report = tally.report(config, names)
     report["n_images"] = n
-    report["n_queries"] = len(ious)
+    report["n_queries"] = len(tally.ious)
     report["protocol"] = protocol_description(config)
     return report
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+
+
+def label_summary_rows(test: dict) -> list[tuple[str, str]]:
+    """The multi-MNIST report's headline numbers (AP per IoU threshold, mAP, IoU, pointing, absent AUROC)."""
+    rows = [(k, f"{test[k]:.2f}") for k in test if k.startswith("ap") and k[2:].isdigit()]
+    rows += [("map (mean over thresholds)", f"{test['map']:.2f}"), ("avg_iou", f"{test['avg_iou']:.2f}"),
+             ("pointing_accuracy", f"{test['pointing_accuracy']:.3f}"), ("absent_auroc", f"{test['absent_auroc']:.3f}"),
+             ("queries", str(test["n_queries"]))]
+    return rows

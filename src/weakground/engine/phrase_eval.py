@@ -133,20 +133,11 @@ def _nan_to_none(value: Any) -> Any:
 
 
 @torch.no_grad()
-def evaluate_phrase_grounding(
-    model: Grounder,
-    spec: str,
-    split: str = "test",
-    protocol: PointingProtocol | None = None,
-    *,
-    strict: bool = False,
-    max_images: int | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    visualize_dir: Path | None = None,
-    n_visualize: int = 16,
-    phrase_batch: int = 64,
-) -> dict[str, Any]:
+def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", protocol: PointingProtocol | None = None,
+                              *, strict: bool = False, max_images: int | None = None,
+                              device: torch.device | str = "cpu", progress: bool = False,
+                              visualize_dir: Path | None = None, n_visualize: int = 16,
+                              phrase_batch: int = 64) -> dict[str, Any]:
     """Score ``model``'s phrase heatmaps on one split of a dataset (see the module docstring).
 
     Args:
@@ -179,6 +170,22 @@ def evaluate_phrase_grounding(
 
     protocol = protocol or PointingProtocol()
     fmt, _ = parse_spec(spec)
+    channels = _check_arguments(model, max_images, n_visualize)
+    t0 = time.time()
+    result = read_dataset(spec, split=split, strict=strict)
+    records = result.records[:max_images] if max_images is not None else result.records
+    run = _Evaluation(model.to(device).eval(), protocol, channels, device, strict, phrase_batch, visualize_dir,
+                      n_visualize)
+    for record in tqdm(records, disable=not progress, desc="evaluate phrases", unit="image", leave=False):
+        run.add(record)
+    report = run.report({"dataset": spec, "format": fmt, "split": split, "max_images": max_images},
+                        result.problems)
+    report["seconds"] = round(time.time() - t0, 2)
+    return _nan_to_none(report)
+
+
+def _check_arguments(model: Grounder, max_images: int | None, n_visualize: int) -> int:
+    """The channels ``model`` reads images with, after checking the arguments that no data is needed for."""
     if max_images is not None and max_images < 1:
         raise WeakgroundError(f"max_images must be >= 1, got {max_images}")
     if n_visualize < 0:
@@ -186,103 +193,140 @@ def evaluate_phrase_grounding(
     channels = int(getattr(model.backbone_config, "in_channels", 3))
     if channels not in (1, 3):
         raise WeakgroundError(f"method {model.name!r} reads {channels}-channel images; image files give 1 or 3")
-    t0 = time.time()
-    result = read_dataset(spec, split=split, strict=strict)
-    records = result.records[:max_images] if max_images is not None else result.records
-    model = model.to(device).eval()
-    joint = bool(getattr(model, "has_joint_space", False))
+    return channels
 
-    skips = _Skips()
-    queries: list[_Query] = []
-    hits: list[bool | None] = []
-    correctness: list[float | None] = []
-    n_images, n_without_queries = 0, 0
-    image_emb: list[Tensor] = []
-    captions: list[str] = []
-    caption_image: list[int] = []
-    drawn: list[str] = []
-    for record in tqdm(records, disable=not progress, desc="evaluate phrases", unit="image", leave=False):
+
+def _mean(values: list[Any]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+@dataclass
+class _Evaluation:
+    """Scoring one split, image by image: the settings, and everything accumulated so far for the report."""
+
+    model: Grounder
+    protocol: PointingProtocol
+    channels: int
+    device: torch.device | str
+    strict: bool
+    phrase_batch: int
+    visualize_dir: Path | None
+    n_visualize: int
+    skips: _Skips = field(default_factory=_Skips)
+    queries: list[_Query] = field(default_factory=list)
+    hits: list[bool | None] = field(default_factory=list)
+    correctness: list[float | None] = field(default_factory=list)  # aligned with hits; None where hit is None
+    n_images: int = 0
+    n_without_queries: int = 0
+    image_emb: list[Tensor] = field(default_factory=list)  # joint-space methods: one per scored image
+    captions: list[str] = field(default_factory=list)  # and their non-empty captions,
+    caption_image: list[int] = field(default_factory=list)  # each with its image's index in image_emb
+    drawn: list[str] = field(default_factory=list)
+
+    @property
+    def joint(self) -> bool:
+        return bool(getattr(self.model, "has_joint_space", False))
+
+    def add(self, record: ImageRecord) -> None:
+        """Score one record's queries (and keep its embeddings for retrieval), or count why it was skipped."""
         phrases = _queries(record)
-        if not phrases and not joint:
-            n_without_queries += 1
-            continue
-        image = _load_image(record, channels, strict, skips)
+        if not phrases and not self.joint:
+            self.n_without_queries += 1
+            return
+        image = self._image(record)
         if image is None:
-            continue
-        image = image.to(device)
+            return
+        self.n_images += 1
+        self.n_without_queries += not phrases
+        self._point(record, image, phrases)
+        if self.joint:
+            self.image_emb.append(self.model.encode_image(image)[0])
+            for caption in record.captions:
+                if caption.text.strip():
+                    self.captions.append(caption.text)
+                    self.caption_image.append(len(self.image_emb) - 1)
+
+    def _image(self, record: ImageRecord) -> Tensor | None:
+        """The record's image on the device, or ``None`` (skipped and counted) when it or the method refuses."""
+        image = _load_image(record, self.channels, self.strict, self.skips)
+        if image is None:
+            return None
+        image = image.to(self.device)
         try:
-            model.check_images(image)
+            self.model.check_images(image)
         except InputError as exc:
-            if strict:
+            if self.strict:
                 raise WeakgroundError(f"{record.path}: {exc}") from None
-            skips.add("image rejected by the method", str(record.path))
-            continue
-        n_images += 1
-        n_without_queries += not phrases
+            self.skips.add("image rejected by the method", str(record.path))
+            return None
+        return image
+
+    def _point(self, record: ImageRecord, image: Tensor, phrases: list[Phrase]) -> None:
+        """The pointing game and attention correctness on one image's queries; overlays while any are left."""
         size = (record.height, record.width)
-        maps = _phrase_maps(model, image, phrases, phrase_batch, record)
+        maps = _phrase_maps(self.model, image, phrases, self.phrase_batch, record)
         image_queries = [_Query(p.text, torch.tensor([b.as_list() for b in p.boxes], dtype=torch.float64)
                                 .reshape(-1, 4), size, list(p.phrase_types) or [UNTYPED]) for p in phrases]
         image_hits = pointing_game([maps[q.text] for q in image_queries], [q.boxes for q in image_queries],
-                                   [size] * len(image_queries), protocol)["hits"]
+                                   [size] * len(image_queries), self.protocol)["hits"]
         for q, hit in zip(image_queries, image_hits):
             # Attention correctness is averaged over exactly the queries the pointing game scores.
-            correctness.append(None if hit is None else attention_correctness(maps[q.text], q.boxes, size))
-            if visualize_dir is not None and len(drawn) < n_visualize:
-                drawn.append(str(_draw(image, maps[q.text], q, hit, protocol, Path(visualize_dir),
-                                       len(drawn), record.image_id)))
-        queries += image_queries
-        hits += image_hits
-        if joint:
-            image_emb.append(model.encode_image(image)[0])
-            for caption in record.captions:
-                if caption.text.strip():
-                    captions.append(caption.text)
-                    caption_image.append(len(image_emb) - 1)
+            self.correctness.append(None if hit is None else attention_correctness(maps[q.text], q.boxes, size))
+            if self.visualize_dir is not None and len(self.drawn) < self.n_visualize:
+                self.drawn.append(str(_draw(image, maps[q.text], q, hit, self.protocol, Path(self.visualize_dir),
+                                            len(self.drawn), record.image_id)))
+        self.queries += image_queries
+        self.hits += image_hits
 
-    scored = [h for h in hits if h is not None]
-    boxes, sizes = [q.boxes for q in queries], [q.size for q in queries]
-    types = [q.types for q in queries]
-    point_types = breakdown_by_type(hits, types)
-    ac_types = breakdown_by_type(correctness, types)
-    ac_scored = [a for a in correctness if a is not None]
-    report: dict[str, Any] = {
-        "method": model.name,
-        "pointing_accuracy": sum(scored) / len(scored) if scored else float("nan"),
-        "n_queries": len(queries),
-        "n_evaluated": len(scored),
-        "n_hits": int(sum(scored)),
-        "n_images": n_images,
-        "protocol": {
-            **protocol.describe(),
-            "dataset": spec,
-            "format": fmt,
-            "split": split,
-            "max_images": max_images,
-            "accuracy": "per query: each phrase mention in each caption (and each labelled object) is one query",
-            "heatmap_resize": "bilinear, align_corners=False, to the annotated image size",
-            "attention_correctness": "mean over the queries the pointing game scores",
-        },
-        "baselines": {"center": center_baseline(boxes, sizes, protocol),
-                      "random": random_baseline_accuracy(boxes, sizes, protocol)},
-        "attention_correctness": sum(ac_scored) / len(ac_scored) if ac_scored else float("nan"),
-        "by_type": {t: {"pointing_accuracy": point_types[t]["mean"],
-                        "attention_correctness": ac_types[t]["mean"], "count": point_types[t]["count"]}
-                    for t in point_types},
-        "skipped": {
-            "reader": _reader_skips(result.problems),
-            "images": skips.report(),
-            "queries": {"count": len(hits) - len(scored),
+    def report(self, source: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+        """The report :func:`evaluate_phrase_grounding` returns, without ``seconds`` and with NaN left in.
+
+        ``source``: the ``dataset``, ``format``, ``split`` and ``max_images`` the protocol section names.
+        """
+        scored = [h for h in self.hits if h is not None]
+        boxes, sizes = [q.boxes for q in self.queries], [q.size for q in self.queries]
+        by_type = self._by_type()
+        report: dict[str, Any] = {
+            "method": self.model.name,
+            "pointing_accuracy": _mean(scored),
+            "n_queries": len(self.queries),
+            "n_evaluated": len(scored),
+            "n_hits": int(sum(scored)),
+            "n_images": self.n_images,
+            "protocol": {
+                **self.protocol.describe(),
+                **source,
+                "accuracy": "per query: each phrase mention in each caption (and each labelled object) is one query",
+                "heatmap_resize": "bilinear, align_corners=False, to the annotated image size",
+                "attention_correctness": "mean over the queries the pointing game scores",
+            },
+            "baselines": {"center": center_baseline(boxes, sizes, self.protocol),
+                          "random": random_baseline_accuracy(boxes, sizes, self.protocol)},
+            "attention_correctness": _mean([a for a in self.correctness if a is not None]),
+            "by_type": by_type,
+            "skipped": self._skipped(problems, len(scored)),
+        }
+        if self.joint:
+            report["recall"] = _recall(self.model, self.image_emb, self.captions, self.caption_image)
+        if self.visualize_dir is not None:
+            report["visualizations"] = self.drawn
+        return report
+
+    def _by_type(self) -> dict[str, dict[str, Any]]:
+        types = [q.types for q in self.queries]
+        point_types = breakdown_by_type(self.hits, types)
+        ac_types = breakdown_by_type(self.correctness, types)
+        return {t: {"pointing_accuracy": point_types[t]["mean"], "attention_correctness": ac_types[t]["mean"],
+                    "count": point_types[t]["count"]} for t in point_types}
+
+    def _skipped(self, problems: list[Problem], n_scored: int) -> dict[str, Any]:
+        return {
+            "reader": _reader_skips(problems),
+            "images": self.skips.report(),
+            "queries": {"count": len(self.hits) - n_scored,
                         "reason": "no valid box, or union box below min_area of the image"},
-            "images_without_queries": n_without_queries,
-        },
-    }
-    if joint:
-        report["recall"] = _recall(model, image_emb, captions, caption_image)
-    if visualize_dir is not None:
-        report["visualizations"] = drawn
-    report["seconds"] = round(time.time() - t0, 2)
-    return _nan_to_none(report)
+            "images_without_queries": self.n_without_queries,
+        }
 
 
 def _phrase_maps(model: Grounder, image: Tensor, phrases: list[Phrase], phrase_batch: int,

@@ -103,102 +103,101 @@ class Trainer:
         Epoch e draws its batches from ``np.random.default_rng([seed, e])`` and seeds torch with the same pair,
         so a resumed run sees exactly the data order and random draws an uninterrupted run would have seen.
         """
-        from tqdm.auto import tqdm
-
         cfg = self.config
         self.model.to(self.device)
         optimizer = self._optimizer()
-        start_epoch, history, best = 0, [], None
-        if resume and self.last_path.is_file():
-            state, meta = read_checkpoint(self.last_path)
-            load_weights(self.last_path, self.model, state)
-            load_optimizer_state(self.last_path, optimizer)
-            start_epoch = meta["train_state"]["epoch"]
-            history = meta["train_state"].get("history", [])
-            best = meta["train_state"].get("best")
-            print(f"resumed {self.stage} from {self.last_path} after epoch {start_epoch}")
-        total_steps = cfg.epochs * steps_per_epoch
-        use_amp = cfg.amp and self.device.type == "cuda"
-        writer = self._tensorboard()
-        log_path = self.run_dir / f"{self.stage}_log.csv"
+        start_epoch, history, best = self._resume(optimizer) if resume and self.last_path.is_file() else (0, [], None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(log_path, "a", newline="")
-        log_writer = None
+        log = _StepLog(self.run_dir / f"{self.stage}_log.csv", self._tensorboard(), self.stage)
         try:
             for epoch in range(start_epoch, cfg.epochs):
-                self.model.train()
-                torch.manual_seed(cfg.seed * 100_003 + epoch)
-                rng = np.random.default_rng([cfg.seed, epoch])
-                running: dict[str, float] = {}
-                n_running = 0
                 t0 = time.time()
-                bar = tqdm(make_batches(rng), total=steps_per_epoch, disable=not self.progress,
-                           desc=f"{self.stage} {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-                for i, batch in enumerate(bar):
-                    step = epoch * steps_per_epoch + i
-                    factor = lr_factor(step, total_steps, cfg.warmup_steps, cfg.schedule)
-                    for g in optimizer.param_groups:
-                        g["lr"] = g["base_lr"] * factor
-                    # Tensors go to the device; text (caption lists) stays as it is for the method's tokenizer.
-                    batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                             for k, v in batch.items()}
-                    with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        losses = self.model.loss(batch)
-                    total = losses["total"]
-                    if not torch.isfinite(total):
-                        raise FloatingPointError(f"{self.stage}: loss became {total.item()} at step {step}")
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
-                    if cfg.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    values = {k: float(v.detach()) for k, v in losses.items()}
-                    for k, v in values.items():
-                        running[k] = running.get(k, 0.0) + v
-                    n_running += 1
-                    if (i + 1) % self.log_every == 0 or i + 1 == steps_per_epoch:
-                        row = {"epoch": epoch + 1, "step": step + 1, "lr": cfg.lr * factor,
-                               **{k: v / n_running for k, v in running.items()}}
-                        if log_writer is None:
-                            log_writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
-                            if log_file.tell() == 0:
-                                log_writer.writeheader()
-                        log_writer.writerow(row)
-                        log_file.flush()
-                        if writer is not None:
-                            for k, v in row.items():
-                                writer.add_scalar(f"{self.stage}/{k}", v, step + 1)
-                        bar.set_postfix({k: f"{v / n_running:.3f}" for k, v in running.items() if k in ("total", "accuracy")})
-                        running, n_running = {}, 0
+                batch_size = self._train_epoch(epoch, make_batches, steps_per_epoch, optimizer, log)
                 record: dict[str, Any] = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2),
-                                          "images_per_second": round(steps_per_epoch * self._batch_size(batch) / (time.time() - t0), 1)}
-                last_epoch = epoch + 1 == cfg.epochs
-                if self.evaluate is not None and (last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
-                    self.model.eval()
-                    with torch.no_grad():
-                        record.update(self.evaluate(self.model))
-                    if writer is not None:
-                        for k, v in record.items():
-                            if isinstance(v, (int, float)):
-                                writer.add_scalar(f"{self.stage}/val_{k}", v, (epoch + 1) * steps_per_epoch)
+                                          "images_per_second": round(steps_per_epoch * batch_size / (time.time() - t0), 1)}
+                self._validate(epoch, record, log, steps_per_epoch)
                 history.append(record)
                 summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
                 print(f"{self.stage} epoch {epoch + 1}/{cfg.epochs}: {summary}")
-                improved = self.best_key is not None and self.best_key in record and (
-                    best is None or record[self.best_key] > best[self.best_key])
-                if improved:
-                    best = dict(record)
-                train_state = {"epoch": epoch + 1, "history": history, "best": best}
-                meta = {**self.meta, "stage": self.stage, "train_state": train_state}
-                if improved:
-                    save_checkpoint(self.best_path, self.model, meta)
-                save_checkpoint(self.last_path, self.model, meta, optimizer)
+                best = self._save(epoch, record, history, best, optimizer)
         finally:
-            log_file.close()
-            if writer is not None:
-                writer.close()
+            log.close()
         (self.run_dir / f"{self.stage}_history.json").write_text(json.dumps({"history": history, "best": best}, indent=2))
         return {"history": history, "best": best}
+
+    def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
+        state, meta = read_checkpoint(self.last_path)
+        load_weights(self.last_path, self.model, state)
+        load_optimizer_state(self.last_path, optimizer)
+        start_epoch = meta["train_state"]["epoch"]
+        print(f"resumed {self.stage} from {self.last_path} after epoch {start_epoch}")
+        return start_epoch, meta["train_state"].get("history", []), meta["train_state"].get("best")
+
+    def _train_epoch(self, epoch: int, make_batches: Callable[[np.random.Generator], Iterable[Batch]],
+                     steps_per_epoch: int, optimizer: torch.optim.Optimizer, log: "_StepLog") -> int:
+        """One epoch of steps; returns the batch size (for the throughput line)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.model.train()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        bar = tqdm(make_batches(rng), total=steps_per_epoch, disable=not self.progress,
+                   desc=f"{self.stage} {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        batch: Batch = {}
+        for i, batch in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            factor = lr_factor(step, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.schedule)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            log.add(self._step(batch, step, optimizer))
+            if (i + 1) % self.log_every == 0 or i + 1 == steps_per_epoch:
+                running = log.flush({"epoch": epoch + 1, "step": step + 1, "lr": cfg.lr * factor}, step + 1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k in ("total", "accuracy")})
+        return self._batch_size(batch)
+
+    def _step(self, batch: Batch, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One optimisation step; returns the batch's losses."""
+        cfg = self.config
+        # Tensors go to the device; text (caption lists) stays as it is for the method's tokenizer.
+        batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+        use_amp = cfg.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses = self.model.loss(batch)
+        total = losses["total"]
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{self.stage}: loss became {total.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _validate(self, epoch: int, record: dict[str, Any], log: "_StepLog", steps_per_epoch: int) -> None:
+        cfg = self.config
+        last_epoch = epoch + 1 == cfg.epochs
+        if self.evaluate is None or not (last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
+            return
+        self.model.eval()
+        with torch.no_grad():
+            record.update(self.evaluate(self.model))
+        log.scalars({f"val_{k}": v for k, v in record.items() if isinstance(v, (int, float))},
+                    (epoch + 1) * steps_per_epoch)
+
+    def _save(self, epoch: int, record: dict[str, Any], history: list[dict[str, Any]], best: dict[str, Any] | None,
+              optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Checkpoint ``best`` (when this epoch improved on it) and ``last``; returns the best record."""
+        improved = self.best_key is not None and self.best_key in record and (
+            best is None or record[self.best_key] > best[self.best_key])
+        if improved:
+            best = dict(record)
+        meta = {**self.meta, "stage": self.stage, "train_state": {"epoch": epoch + 1, "history": history, "best": best}}
+        if improved:
+            save_checkpoint(self.best_path, self.model, meta)
+        save_checkpoint(self.last_path, self.model, meta, optimizer)
+        return best
 
     @staticmethod
     def _batch_size(batch: Batch) -> int:
@@ -213,3 +212,44 @@ class Trainer:
             print("tensorboard is not installed (pip install weakground[tensorboard]); logging to CSV only")
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+
+class _StepLog:
+    """The step log: running loss means written to ``<stage>_log.csv`` every ``log_every`` steps (appended to on
+    ``--resume``), and mirrored to TensorBoard when it is on."""
+
+    def __init__(self, path: Path, writer: Any, stage: str) -> None:
+        self.file = open(path, "a", newline="")
+        self.writer, self.stage = writer, stage
+        self.csv: csv.DictWriter | None = None
+        self.running: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.running[k] = self.running.get(k, 0.0) + v
+        self.n += 1
+
+    def flush(self, head: dict[str, Any], step: int) -> dict[str, float]:
+        """Write one row (``head`` then the means since the last row); returns those means."""
+        means = {k: v / self.n for k, v in self.running.items()}
+        row = {**head, **means}
+        if self.csv is None:
+            self.csv = csv.DictWriter(self.file, fieldnames=list(row), extrasaction="ignore")
+            if self.file.tell() == 0:
+                self.csv.writeheader()
+        self.csv.writerow(row)
+        self.file.flush()
+        self.scalars(row, step)
+        self.running, self.n = {}, 0
+        return means
+
+    def scalars(self, values: dict[str, Any], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{self.stage}/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()

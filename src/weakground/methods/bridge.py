@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError, InputError
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, InferenceSettings
 from weakground.registry import METHODS
 
 CLASS_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
@@ -225,7 +225,7 @@ class Bridge(Grounder):
     min_image_side = 8
 
     def __init__(self, config: BridgeConfig, backbone_config: BackboneConfig | None = None,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, inference: InferenceSettings | None = None) -> None:
         from weakground.text.minilm import shared_minilm
         from weakground.vision.efficientnet_lite import pretrained_lite
 
@@ -236,7 +236,8 @@ class Bridge(Grounder):
         if config.temperature <= 0 or config.top_k < 1:
             raise ConfigError("method.params.temperature must be > 0 and top_k >= 1")
         synonyms = read_class_names()
-        super().__init__(config, backbone_config or BackboneConfig(in_channels=3), [s[0] for s in synonyms])
+        super().__init__(config, backbone_config or BackboneConfig(in_channels=3), [s[0] for s in synonyms],
+                         inference)
         self.encoder = pretrained_lite(config.variant, fused=True)  # frozen: BatchNorm folded for speed
         self.text = shared_minilm()
         self._synonyms = synonyms
@@ -321,12 +322,13 @@ class Bridge(Grounder):
             raise InputError("images contain NaN or infinite values")
 
     @torch.no_grad()
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
         """Class-activation maps of each phrase's class mixture.
 
         Args:
             images: ``[B, 1|3, H, W]`` in ``[0, 1]``, any size.
             phrases: P non-empty phrases.
+            inference: its ``input_size`` is not read: the method resizes to its own ``image_size`` (and scales).
 
         Returns:
             ``[B, P, h, w]`` in ``[0, 1]`` (each map's peak is 1) at stride 8 of the largest scale's working size

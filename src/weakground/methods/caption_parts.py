@@ -11,22 +11,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+import weakground.vision  # noqa: F401  (registers the image encoders in IMAGE_ENCODERS)
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
+from weakground.registry import IMAGE_ENCODERS
 
-IMAGE_ENCODERS = ("efficientnet_lite0", "resnet")
 LITE_LEVELS = ("c3", "c4", "c5", "head")  # strides 8, 16, 32, 32 (c2, stride 4 with 24 channels, is too shallow)
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """True when none of ``module``'s weights trains (a shared pretrained encoder): the method keeps it in eval
+    mode, gives it no optimizer group and leaves it out of checkpoints."""
+    return not any(p.requires_grad for p in module.parameters())
+
+
+def frozen_attributes(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of the attributes ``names`` (in that order) that hold frozen modules: a method's ``frozen_modules``."""
+    return tuple(name for name in names if is_frozen(model.get_submodule(name)))
 
 
 class ImageRegions(nn.Module):
     """Images ``[B, 3, H, W]`` in [0, 1] -> region features ``[B, C, h, w]``.
 
     Args:
-        kind: ``"efficientnet_lite0"`` (pretrained, one tapped level) or ``"resnet"`` (from ``backbone_config``,
-            trained from scratch).
+        kind: a name in :data:`weakground.registry.IMAGE_ENCODERS`: ``"efficientnet_lite0"`` (pretrained, one
+            tapped level) or ``"resnet"`` (from ``backbone_config``, trained from scratch, read at its output).
         level: the EfficientNet-Lite level (see :mod:`weakground.vision.efficientnet_lite`).
         finetune: train the pretrained EfficientNet too (it is then its own unfused copy); a ResNet always trains.
         backbone_config: the ResNet's config.
@@ -35,31 +46,17 @@ class ImageRegions(nn.Module):
     def __init__(self, kind: str, level: str, finetune: bool, backbone_config: BackboneConfig) -> None:
         super().__init__()
         if kind not in IMAGE_ENCODERS:
-            raise ConfigError(f"method.params.image_encoder must be one of {IMAGE_ENCODERS}, got {kind!r}")
+            raise ConfigError(f"method.params.image_encoder must be one of {tuple(IMAGE_ENCODERS.names())}, "
+                              f"got {kind!r}")
         self.kind, self.level = kind, level
-        if kind == "resnet":
-            from weakground.vision.resnet import build_backbone
-
-            self.net = build_backbone(backbone_config)
-            self.out_channels, self.frozen = self.net.out_channels, False
-            return
-        if level not in LITE_LEVELS:
+        self.net = IMAGE_ENCODERS.get(kind)(backbone_config, finetune)
+        if self.net.selects_level and level not in LITE_LEVELS:  # an encoder read at its output ignores `level`
             raise ConfigError(f"method.params.level must be one of {LITE_LEVELS}, got {level!r}")
-        from weakground.vision.efficientnet_lite import EfficientNetLite, pretrained_lite
-
-        if finetune:
-            self.net = EfficientNetLite()
-            self.net.unfreeze()
-        else:
-            # The shared BatchNorm-folded copy: ~35% faster, and nothing in it ever trains.
-            self.net = pretrained_lite(fused=True)
-        self.out_channels, self.frozen = self.net.channels[level], not finetune
+        self.out_channels, self.frozen = self.net.feature_channels(level), is_frozen(self.net)
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.kind == "resnet":
-            return self.net(images)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.net(images, (self.level,))[self.level]
+        # A frozen encoder runs without a graph (see EfficientNetLite.levels).
+        return self.net.feature_map(images, self.level)
 
 
 class FrozenEvalMixin:
@@ -70,7 +67,7 @@ class FrozenEvalMixin:
     def train(self, mode: bool = True) -> Any:
         super().train(mode)  # type: ignore[misc]
         for name in self.frozen_modules:
-            getattr(self, name).eval()
+            self.get_submodule(name).eval()  # type: ignore[attr-defined]
         return self
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError, InputError, WeakgroundError
-from weakground.methods.base import Grounder
+from weakground.methods.base import Grounder, InferenceSettings
 from weakground.registry import METHODS
 
 
@@ -50,12 +50,12 @@ class CenterBaseline(Grounder):
     name = "center"
     config_class = CenterConfig
     trainable = False
-    has_joint_space = False
     min_image_side = 1  # any image has a centre
 
     def __init__(self, config: CenterConfig, backbone_config: BackboneConfig | None = None,
-                 class_names: list[str] | None = None) -> None:
-        super().__init__(config, backbone_config or BackboneConfig(in_channels=3), list(class_names or []))
+                 class_names: list[str] | None = None, inference: InferenceSettings | None = None) -> None:
+        super().__init__(config, backbone_config or BackboneConfig(in_channels=3), list(class_names or []),
+                         inference)
         sigma = config.sigma
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ConfigError(f"method.params.sigma must be a positive fraction of the image side, got {sigma!r}")
@@ -70,12 +70,13 @@ class CenterBaseline(Grounder):
         if images.is_floating_point() and not torch.isfinite(images).all():
             raise InputError("images contain NaN or infinite values")
 
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
         """The centred Gaussian (module docstring) for every phrase of every image.
 
         Args:
             images: ``[B, C, H, W]``, any channel count and size (only the shape is used).
             phrases: P phrases; their words are ignored.
+            inference: not read: the map is drawn at the image's own size (no input square is needed for it).
 
         Returns:
             ``[B, P, H, W]`` float32 maps in ``(0, 1]`` on ``images.device``, peak 1 at the centre pixel. It is a

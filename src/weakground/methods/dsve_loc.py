@@ -31,20 +31,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+import weakground.text  # noqa: F401  (registers the text encoders in TEXT_ENCODERS)
+import weakground.vision  # noqa: F401  (registers the image encoders in IMAGE_ENCODERS)
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import hard_negative_triplet_loss
-from weakground.methods.base import Grounder, check_choice
-from weakground.methods.caption_parts import FrozenEvalMixin
-from weakground.registry import METHODS
-from weakground.text.recurrent import RecurrentTextEncoder
-from weakground.vision.efficientnet_lite import LEVELS, EfficientNetLite, pretrained_lite
+from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
+from weakground.methods.caption_parts import FrozenEvalMixin, frozen_attributes, is_frozen
+from weakground.registry import IMAGE_ENCODERS, METHODS, TEXT_ENCODERS
+from weakground.text.encoders import TextEncoderOptions
+from weakground.vision.efficientnet_lite import LEVELS
 from weakground.vision.pooling import weldon_k, weldon_pool
-from weakground.vision.resnet import build_backbone
 
-IMAGE_ENCODERS = ("efficientnet_lite0", "resnet")
 HEATMAP_FLOORS = ("relu", "min")
-TEXT_ENCODERS = ("sru", "gru", "bilstm", "minilm")
 
 
 @dataclass
@@ -72,59 +71,34 @@ class DSVELocConfig:
 
 
 @METHODS.register("dsve_loc")
-class DSVELoc(FrozenEvalMixin, Grounder):
+class DSVELoc(FrozenEvalMixin, JointSpaceGrounder):
     name = "dsve_loc"
     config_class = DSVELocConfig
-    has_joint_space = True
     min_image_side = 32
 
-    def __init__(self, config: DSVELocConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
-        super().__init__(config, backbone_config, class_names)
+    def __init__(self, config: DSVELocConfig, backbone_config: BackboneConfig, class_names: list[str],
+                 inference: InferenceSettings | None = None) -> None:
+        super().__init__(config, backbone_config, class_names, inference)
         _check(config)
-        self.image_frozen = config.image_encoder == "efficientnet_lite0" and not config.finetune_image_encoder
-        # FrozenEvalMixin keeps these in eval mode: their BatchNorm statistics stay the pretrained ones.
-        self.frozen_modules = ("image_encoder",) if self.image_frozen else ()
-        self.image_encoder: nn.Module
-        if config.image_encoder == "resnet":
-            self.image_encoder = build_backbone(backbone_config)
-            channels = self.image_encoder.out_channels
-        else:
-            # A frozen encoder is the shared, BatchNorm-folded instance; fine-tuning needs an own, unfused copy.
-            lite = pretrained_lite(fused=True) if self.image_frozen else EfficientNetLite()
-            if not self.image_frozen:
-                lite.unfreeze()
-            self.image_encoder = lite
-            channels = lite.channels[config.level]
+        # A frozen encoder is the shared, BatchNorm-folded instance; fine-tuning gets an own, unfused copy.
+        self.image_encoder: nn.Module = IMAGE_ENCODERS.get(config.image_encoder)(
+            backbone_config, config.finetune_image_encoder)
+        channels = self.image_encoder.feature_channels(config.level)
         self.image_projection = nn.Linear(channels, config.embed_dim)  # A, b
-        self.text_projection: nn.Module
-        if config.text_encoder == "minilm":
-            from weakground.text.minilm import shared_minilm
-
-            self.text_encoder = shared_minilm()
-            self.frozen_modules += ("text_encoder",)
-            width = self.text_encoder.model.config.hidden_size
-            self.text_projection = (
-                # text_hidden 0: one linear map, so a caption's embedding stays a linear mix of its words' vectors
-                nn.Linear(width, config.embed_dim) if config.text_hidden == 0
-                else nn.Sequential(nn.Linear(width, config.text_hidden), nn.ReLU(),
-                                   nn.Linear(config.text_hidden, config.embed_dim)))
-        else:
-            self.text_encoder = RecurrentTextEncoder(
-                # None: the kind's own default (bilstm is bidirectional, sru/gru are not unless asked).
-                config.text_encoder, config.text_hidden, config.text_layers, config.text_bidirectional or None,
-                config.text_dropout, freeze_glove=not config.finetune_glove, max_tokens=config.max_tokens)
-            self.text_projection = (
-                nn.Identity() if self.text_encoder.out_dim == config.embed_dim
-                else nn.Linear(self.text_encoder.out_dim, config.embed_dim))
+        self.text_encoder: nn.Module = TEXT_ENCODERS.get(config.text_encoder)(TextEncoderOptions(
+            # None: the kind's own default (bilstm is bidirectional, sru/gru are not unless asked).
+            config.text_hidden, config.text_layers, config.text_bidirectional or None, config.text_dropout,
+            freeze_glove=not config.finetune_glove, max_tokens=config.max_tokens))
+        self.text_projection = _text_projection(self.text_encoder, config)
+        # FrozenEvalMixin keeps these in eval mode: their BatchNorm statistics stay the pretrained ones.
+        self.frozen_modules = frozen_attributes(self, ("image_encoder", "text_encoder"))
 
     # -- the two paths ---------------------------------------------------------------------------------------
-    def feature_maps(self, images: Tensor) -> Tensor:
-        """``G``: ``[B, 3, H, W]`` in [0, 1] -> ``[B, C, h, w]`` convolutional activations."""
-        images = self.prepare_images(images)
-        if self.config.image_encoder == "resnet":
-            return self.image_encoder(images)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_frozen):
-            return self.image_encoder(images, levels=(self.config.level,))[self.config.level].contiguous()
+    def feature_maps(self, images: Tensor, inference: InferenceSettings | None = None) -> Tensor:
+        """``G``: ``[B, 3, H, W]`` in [0, 1] -> ``[B, C, h, w]`` convolutional activations (a frozen encoder's
+        without a graph)."""
+        images = self.prepare_images(images, inference)
+        return self.image_encoder.feature_map(images, self.config.level).contiguous()
 
     def pool(self, maps: Tensor) -> Tensor:
         """Weldon pooling of ``[B, C, h, w]`` with the configured fractions -> ``[B, C]``."""
@@ -144,10 +118,7 @@ class DSVELoc(FrozenEvalMixin, Grounder):
     def encode_text(self, texts: list[str]) -> Tensor:
         """``T`` texts -> ``[T, D]`` unit embeddings (empty / OOV texts: see :mod:`weakground.text.recurrent`;
         MiniLM reads unknown words as word pieces)."""
-        if self.config.text_encoder == "minilm":
-            sentence = self.text_encoder.embed(list(texts)).to(self.image_projection.weight.device)
-        else:
-            _, _, sentence = self.text_encoder(list(texts))
+        sentence = self.text_encoder.sentences(list(texts)).to(self.image_projection.weight.device)
         return F.normalize(self.text_projection(sentence), dim=-1)
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
@@ -175,8 +146,8 @@ class DSVELoc(FrozenEvalMixin, Grounder):
         return raw - raw.flatten(2).amin(-1)[..., None, None]
 
     @torch.no_grad()
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
-        maps = self.feature_maps(images)
+    def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
+        maps = self.feature_maps(images, inference)
         if not phrases:
             return maps.new_zeros(maps.shape[0], 0, *maps.shape[-2:])
         return self.localize(maps, self.encode_text(phrases))
@@ -196,11 +167,7 @@ class DSVELoc(FrozenEvalMixin, Grounder):
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """Pretrained parts that are trained (EfficientNet, GloVe) learn at ``lr * backbone_lr_mult``; the
         projections, the SRU, the UNK vector and a from-scratch ResNet at ``lr``. Frozen parts get no group."""
-        pretrained: list[nn.Parameter] = []
-        if self.config.image_encoder == "efficientnet_lite0" and not self.image_frozen:
-            pretrained += list(self.image_encoder.parameters())
-        if self.config.finetune_glove and self.config.text_encoder != "minilm":
-            pretrained.append(self.text_encoder.glove)
+        pretrained = self.image_encoder.pretrained_parameters() + self.text_encoder.pretrained_parameters()
         ids = {id(p) for p in pretrained}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         groups = [{"params": head, "lr": lr, "name": "head"}]
@@ -209,15 +176,33 @@ class DSVELoc(FrozenEvalMixin, Grounder):
         return groups
 
 
+def _text_projection(encoder: nn.Module, config: DSVELocConfig) -> nn.Module:
+    """The trained map from the text encoder's sentence vector to the joint space.
+
+    A frozen encoder (MiniLM) is read through two layers with ``text_hidden`` ReLU units between, or one linear
+    map when ``text_hidden`` is 0 (a caption's embedding then stays a linear mix of its words' vectors). A trained
+    encoder's own units are ``text_hidden``: it gets a linear map only when its width is not already D.
+    """
+    width = encoder.out_dim
+    if is_frozen(encoder):
+        if config.text_hidden == 0:
+            return nn.Linear(width, config.embed_dim)
+        return nn.Sequential(nn.Linear(width, config.text_hidden), nn.ReLU(),
+                             nn.Linear(config.text_hidden, config.embed_dim))
+    return nn.Identity() if width == config.embed_dim else nn.Linear(width, config.embed_dim)
+
+
 def _check(config: DSVELocConfig) -> None:
-    """One-line errors for settings with a fixed set of values or a range."""
+    """One-line errors for settings with a fixed set of values or a range, before any encoder is built."""
     where = "method.params"
-    check_choice(config, "image_encoder", IMAGE_ENCODERS)
+    check_choice(config, "image_encoder", IMAGE_ENCODERS.names())
     check_choice(config, "level", LEVELS)
     check_choice(config, "heatmap_floor", HEATMAP_FLOORS)
-    check_choice(config, "text_encoder", TEXT_ENCODERS)
+    check_choice(config, "text_encoder", TEXT_ENCODERS.names())
     if not 0 < config.weldon_max_fraction <= 1 or not 0 <= config.weldon_min_fraction <= 1:
         raise ConfigError(f"{where}: weldon_max_fraction must lie in (0, 1] and weldon_min_fraction in [0, 1]")
+    # What text_hidden counts depends on the encoder (see _text_projection), so this one check names it: it runs
+    # before the encoder is built, where a recurrent encoder with 0 units would fail with a less specific message.
     least = 0 if config.text_encoder == "minilm" else 1  # MiniLM's map may have no hidden layer; an RNN needs units
     if config.text_hidden < least:
         raise ConfigError(f"{where}.text_hidden must be >= {least} with text_encoder {config.text_encoder}, "

@@ -23,12 +23,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+import weakground.text  # noqa: F401  (registers the text encoders in TEXT_ENCODERS)
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, triplet_ranking_loss
-from weakground.methods.base import Grounder, check_choice
-from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
-from weakground.registry import METHODS
+from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
+from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, frozen_attributes, trainable_groups
+from weakground.registry import METHODS, TEXT_ENCODERS
+from weakground.text.encoders import TextEncoderOptions
 from weakground.text.words import WordEmbeddings, encode_words
 
 # name -> Harwath et al.'s name: which of (regions, words) is max-pooled, which averaged.
@@ -134,27 +136,26 @@ class MatchmapConfig:
 
 
 @METHODS.register("matchmap")
-class Matchmap(FrozenEvalMixin, Grounder):
+class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
     """Seed 003's matchmap grounder (see the module docstring). ``class_names`` is unused (captions only)."""
 
     name = "matchmap"
     config_class = MatchmapConfig
-    has_joint_space = True
     min_image_side = 32  # EfficientNet-Lite pads like TF "SAME"; below 32 px its last levels are 1 cell
 
-    def __init__(self, config: MatchmapConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
-        super().__init__(config, backbone_config, class_names)
+    def __init__(self, config: MatchmapConfig, backbone_config: BackboneConfig, class_names: list[str],
+                 inference: InferenceSettings | None = None) -> None:
+        super().__init__(config, backbone_config, class_names, inference)
         check_choice(config, "score_pooling", tuple(SCORE_POOLINGS))
         check_choice(config, "negatives", RANKING_NEGATIVES)
         check_choice(config, "heatmap_words", HEATMAP_WORDS)
         if config.dim < 1 or config.image_hidden < 0:
             raise ConfigError("method.params.dim must be >= 1 and image_hidden >= 0")
-        from weakground.text.minilm import shared_minilm
-
         self.image_encoder = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,
                                           backbone_config)
-        self.text_encoder = shared_minilm()
-        self.frozen_modules = ("text_encoder",) + (("image_encoder",) if self.image_encoder.frozen else ())
+        # the frozen, shared MiniLM (its word pieces are pooled into words by weakground.text.words)
+        self.text_encoder = TEXT_ENCODERS.get("minilm")(TextEncoderOptions())
+        self.frozen_modules = frozen_attributes(self, ("text_encoder", "image_encoder"))
         channels = self.image_encoder.out_channels
         # 1x1 convolutions act on each region's channel vector alone: linear layers over channels-last features.
         hidden = config.image_hidden
@@ -162,7 +163,7 @@ class Matchmap(FrozenEvalMixin, Grounder):
             nn.Linear(channels, config.dim) if hidden == 0 else
             nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, config.dim))
         )
-        self.word_map = nn.Linear(self.text_encoder.model.config.hidden_size, config.dim)
+        self.word_map = nn.Linear(self.text_encoder.out_dim, config.dim)
 
     # -- the two branches ---------------------------------------------------------------------------------------
     def regions(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -181,11 +182,11 @@ class Matchmap(FrozenEvalMixin, Grounder):
         return (F.normalize(w, dim=-1) if self.config.normalize else w), emb.mask.to(device)
 
     # -- Grounder interface -------------------------------------------------------------------------------------
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
         """``[B, P, h, w]`` maps at the encoder's grid (stride 16 for c4). Phrases are encoded alone; an empty or
         punctuation-only phrase has no word and gets a zero map; unknown words are word pieces MiniLM still
         embeds, so they get a map like any other word."""
-        images = self.prepare_images(images)
+        images = self.prepare_images(images, inference)
         regions, (h, w) = self.regions(images)
         if not phrases:
             return regions.new_zeros(images.shape[0], 0, h, w)

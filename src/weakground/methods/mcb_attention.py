@@ -8,14 +8,15 @@ Only the image-level label (which digits are in the image) supervises training: 
 queried digit from the attended features only if the attention sits on that digit, so the map learns where the
 digit is. L = L_ce + lambda * L_pair + beta * R (Eqs. 1-3).
 
-With ``query: caption`` the same attention learns from captions instead of labels: constructing
-:class:`MCBAttention` then gives its caption variant, :class:`weakground.methods.mcb_captions.MCBCaptionAttention`.
+With ``query: caption`` the same attention learns from captions instead of labels: ``create_method`` then builds
+its caption variant, :class:`weakground.methods.mcb_captions.MCBCaptionAttention` (listed in
+:attr:`MCBAttention.variants` by that module).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.fusion.mcb import CompactBilinearPooling
 from weakground.losses import attention_sparsity, pair_loss
-from weakground.methods.base import Grounder, check_choice
+from weakground.methods.base import Grounder, InferenceSettings, check_choice
 from weakground.registry import METHODS
 from weakground.text.queries import BagOfWordsQuery, OneHotQuery, label_phrase, PHRASE_TEMPLATES
 from weakground.vision.resnet import build_backbone
@@ -107,17 +108,18 @@ class MCBAttention(Grounder):
     name = "mcb_attention"
     config_class = MCBAttentionConfig
 
-    def __new__(cls, config: MCBAttentionConfig | None = None, *args: Any, **kwargs: Any) -> "MCBAttention":
-        # One registered name, one config: ``query: caption`` selects the caption-trained subclass, so
-        # create_method, checkpoints and the CLI need no special case. (config is None when copy/pickle rebuild.)
-        if cls is MCBAttention and config is not None and config.query == "caption":
-            from weakground.methods.mcb_captions import MCBCaptionAttention
+    # One registered name, one config: a `query` named here selects a subclass (create_method asks
+    # concrete_class), so checkpoints and the CLI need no special case. mcb_captions adds "caption" when imported
+    # (weakground.methods imports it), so this module never imports its variants.
+    variants: ClassVar[dict[str, type[Grounder]]] = {}
 
-            cls = MCBCaptionAttention
-        return super().__new__(cls)
+    @classmethod
+    def concrete_class(cls, config: MCBAttentionConfig) -> type[Grounder]:
+        return cls.variants.get(config.query, cls) if cls is MCBAttention else cls
 
-    def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
-        super().__init__(config, backbone_config, class_names)
+    def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str],
+                 inference: InferenceSettings | None = None) -> None:
+        super().__init__(config, backbone_config, class_names, inference)
         if config.query not in ("onehot", "phrase"):
             raise ConfigError(f"method.params.query must be 'onehot', 'phrase' or 'caption', got {config.query!r}")
         self._check_pooling()
@@ -210,8 +212,8 @@ class MCBAttention(Grounder):
         logits = self.attention_out(F.relu(hidden))
         return torch.sigmoid(logits.squeeze(-1))
 
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
-        images = self.prepare_images(images)
+    def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
+        images = self.prepare_images(images, inference)
         if not phrases:
             return images.new_zeros((images.shape[0], 0) + tuple(images.shape[-2:]))
         return self._phrase_maps(self.backbone(images), phrases)

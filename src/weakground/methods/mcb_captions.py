@@ -31,30 +31,47 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+import weakground.text  # noqa: F401  (registers the text encoders in TEXT_ENCODERS)
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, attention_sparsity, log_sum_exp_pool, triplet_ranking_loss
-from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, trainable_groups
-from weakground.methods.base import check_choice
+from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
+from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, frozen_attributes, trainable_groups
 from weakground.methods.mcb_attention import CLASSIFIER_TERMS, MCBAttention, MCBAttentionConfig
+from weakground.registry import TEXT_ENCODERS
+from weakground.text.encoders import TextEncoderOptions
 
 
-class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
-    """Caption mode of :class:`MCBAttention`; built by ``MCBAttention(config, ...)`` when ``config.query`` is
-    ``"caption"``. It inherits the attention (``attend``, ``pooled``, ``heatmaps``) and replaces the label
-    encoder, the classifier and the losses.
+class MCBCaptionAttention(FrozenEvalMixin, MCBAttention, JointSpaceGrounder):
+    """Caption mode of :class:`MCBAttention`: what ``create_method("mcb_attention", ...)`` builds when
+    ``config.query`` is ``"caption"`` (this module lists it in ``MCBAttention.variants``). It inherits the
+    attention (``attend``, ``pooled``, ``heatmaps``) and replaces the label encoder, the classifier and the
+    losses.
 
     Attributes:
         backbone: the image encoder (:class:`ImageRegions`; frozen EfficientNet-Lite0 level by default).
         text_encoder: the frozen MiniLM.
     """
 
-    has_joint_space = True
     min_image_side = 32  # EfficientNet-Lite's deeper levels need at least a 32-pixel side
 
-    def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
+    def __init__(self, config: MCBAttentionConfig, backbone_config: BackboneConfig, class_names: list[str],
+                 inference: InferenceSettings | None = None) -> None:
         # MCBAttention.__init__ builds the label mode's ResNet, label encoder and classifier: skip to the base.
-        super(MCBAttention, self).__init__(config, backbone_config, class_names)
+        super(MCBAttention, self).__init__(config, backbone_config, class_names, inference)
+        self._check_settings()
+        self.backbone = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,
+                                     backbone_config)
+        self.text_encoder = TEXT_ENCODERS.get("minilm")(TextEncoderOptions())  # the frozen MiniLM, shared
+        self.frozen_modules = frozen_attributes(self, ("text_encoder", "backbone"))
+        channels, text_dim = self.backbone.out_channels, self.text_encoder.out_dim
+        self._build_attention(channels, text_dim)
+        self.image_proj = nn.Linear(channels, config.joint_dim)
+        self.text_proj = nn.Linear(text_dim, config.joint_dim)
+
+    def _check_settings(self) -> None:
+        """One-line errors for the caption mode's settings, and for the label mode's that do not apply."""
+        config = self.config
         self._check_pooling()
         check_choice(config, "negatives", RANKING_NEGATIVES)
         check_choice(config, "caption_queries", ("sentence", "words"))
@@ -67,16 +84,6 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         if config.classifier_bias != "all":
             raise ConfigError("method.params.classifier_bias applies to the label classifier (query 'onehot' or "
                               "'phrase'); the caption mode has none")
-        from weakground.text.minilm import shared_minilm
-
-        self.backbone = ImageRegions(config.image_encoder, config.level, config.finetune_image_encoder,
-                                     backbone_config)
-        self.text_encoder = shared_minilm()
-        self.frozen_modules = ("text_encoder",) + (("backbone",) if self.backbone.frozen else ())
-        channels, text_dim = self.backbone.out_channels, self.text_encoder.model.config.hidden_size
-        self._build_attention(channels, text_dim)
-        self.image_proj = nn.Linear(channels, config.joint_dim)
-        self.text_proj = nn.Linear(text_dim, config.joint_dim)
 
     # -- text ----------------------------------------------------------------------------------------------------
     def _sentences(self, texts: list[str]) -> Tensor:
@@ -202,3 +209,6 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention):
         """The attention and projections at ``lr``; a trainable image encoder at ``lr * backbone_lr_mult``; the
         frozen encoders get no group."""
         return trainable_groups(self, self.backbone, lr, backbone_lr_mult)
+
+
+MCBAttention.variants["caption"] = MCBCaptionAttention

@@ -31,19 +31,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+import weakground.text  # noqa: F401  (registers the text encoders in TEXT_ENCODERS)
+import weakground.vision  # noqa: F401  (registers the image encoders in IMAGE_ENCODERS)
 from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import batch_softmax_loss, log_sum_exp_pool
-from weakground.methods.base import Grounder, check_choice
-from weakground.methods.caption_parts import FrozenEvalMixin
-from weakground.registry import METHODS
-from weakground.text.minilm import word_states
+from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
+from weakground.methods.caption_parts import FrozenEvalMixin, frozen_attributes
+from weakground.registry import IMAGE_ENCODERS, METHODS, TEXT_ENCODERS
+from weakground.text.encoders import TextEncoderOptions
 
 TAPS = ("c2", "c3", "c4", "c5")  # strides 4/8/16/32 (EfficientNet) or the four ResNet stages
 # The paper's single-level rows use PNASNet's Cell 7 ("middle": the last cell at stride 16) and Cell 11 ("last").
 LEVEL_ALIASES = {"middle": "c4", "last": "c5"}
-IMAGE_ENCODERS = ("efficientnet_lite0", "resnet")
-TEXT_ENCODERS = ("minilm", "bilstm")
+# The text encoders multilevel offers: the paper's frozen contextual encoder, or its BiLSTM-over-GloVe ablation
+# (the bilstm_* settings); both give word states and a sentence vector in one pass (weakground.text.encoders).
+SUPPORTED_TEXT_ENCODERS = ("minilm", "bilstm")
 
 
 @dataclass
@@ -140,74 +143,44 @@ def mapping(in_dim: int, dim: int, layers: int, nonlinear: bool, slope: float) -
 
 
 @METHODS.register("multilevel")
-class Multilevel(FrozenEvalMixin, Grounder):
+class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
     """Seed 001's multi-level common space (see the module docstring)."""
 
     name = "multilevel"
     config_class = MultilevelConfig
-    has_joint_space = True
     min_image_side = 32
 
-    def __init__(self, config: MultilevelConfig, backbone_config: BackboneConfig, class_names: list[str]) -> None:
-        super().__init__(config, backbone_config, class_names)
+    def __init__(self, config: MultilevelConfig, backbone_config: BackboneConfig, class_names: list[str],
+                 inference: InferenceSettings | None = None) -> None:
+        super().__init__(config, backbone_config, class_names, inference)
         self._check_config(config, backbone_config)
         self.level_names = [LEVEL_ALIASES.get(name, name) for name in config.levels]
-        frozen: list[str] = []
-        # -- image side
-        if config.image_encoder == "efficientnet_lite0":
-            from weakground.vision.efficientnet_lite import EfficientNetLite, pretrained_lite
-
-            if config.freeze_image:
-                self.image_encoder: nn.Module = pretrained_lite(fused=True)  # frozen: the BN-folded shared copy
-                frozen.append("image_encoder")
-            else:
-                self.image_encoder = EfficientNetLite()
-                self.image_encoder.unfreeze()
-            channels = [self.image_encoder.channels[name] for name in self.level_names]
-        else:
-            from weakground.vision.resnet import ResNet
-
-            self.image_encoder = ResNet(backbone_config)
-            channels = [backbone_config.widths[TAPS.index(name)] for name in self.level_names]
+        # -- image side: EfficientNet frozen (the BN-folded shared copy) unless freeze_image is off; a ResNet trains
+        self.image_encoder: nn.Module = IMAGE_ENCODERS.get(config.image_encoder)(backbone_config,
+                                                                                 not config.freeze_image)
+        self._check_levels(config.levels)
         nonlinear_visual = config.nonlinear and config.nonlinear_visual
         self.visual_maps = nn.ModuleList(
-            mapping(c, config.dim, 3, nonlinear_visual, config.leaky_slope) for c in channels)
-        # -- text side
-        if config.text_encoder == "minilm":
-            from weakground.text.minilm import DIM, shared_minilm
-
-            self.text_encoder: nn.Module = shared_minilm()
-            frozen.append("text_encoder")
-            text_dim = DIM
-        else:
-            from weakground.text.recurrent import RecurrentTextEncoder
-
-            self.text_encoder = RecurrentTextEncoder(kind="bilstm", hidden=config.bilstm_hidden,
-                                                     layers=config.bilstm_layers)
-            text_dim = self.text_encoder.out_dim
+            mapping(self.image_encoder.channels[name], config.dim, 3, nonlinear_visual, config.leaky_slope)
+            for name in self.level_names)
+        # -- text side (the options are the BiLSTM's; MiniLM reads none)
+        self.text_encoder: nn.Module = TEXT_ENCODERS.get(config.text_encoder)(
+            TextEncoderOptions(hidden=config.bilstm_hidden, layers=config.bilstm_layers))
+        text_dim = self.text_encoder.out_dim
         nonlinear_text = config.nonlinear and config.nonlinear_text
         self.word_map = mapping(text_dim, config.dim, 2, nonlinear_text, config.leaky_slope)
         self.sentence_map = mapping(text_dim, config.dim, 2, nonlinear_text, config.leaky_slope)
-        self.frozen_modules = tuple(frozen)  # instance attribute: depends on the config
+        self.frozen_modules = frozen_attributes(self, ("image_encoder", "text_encoder"))  # depends on the config
 
     @staticmethod
     def _check_config(config: MultilevelConfig, backbone_config: BackboneConfig) -> None:
-        check_choice(config, "image_encoder", IMAGE_ENCODERS)
-        check_choice(config, "text_encoder", TEXT_ENCODERS)
+        check_choice(config, "image_encoder", IMAGE_ENCODERS.names())
+        check_choice(config, "text_encoder", SUPPORTED_TEXT_ENCODERS)
         check_choice(config, "attention", ("relu", "softmax"))
         check_choice(config, "word_units", ("words", "pieces"))
         check_choice(config, "heatmap", ("words", "sentence"))
         check_choice(config, "word_weights", ("pertinence", "softmax"))
         check_choice(config, "score", ("sentence", "words", "both"))
-        allowed = TAPS + (("head",) if config.image_encoder == "efficientnet_lite0" else ())
-        names = [LEVEL_ALIASES.get(n, n) for n in config.levels]
-        bad = [n for n in names if n not in allowed]
-        if not names or bad or len(set(names)) != len(names):
-            raise ConfigError(f"method.params.levels must be distinct names among {', '.join(allowed)} "
-                              f"(or middle / last), got {config.levels!r}")
-        if config.image_encoder == "resnet" and len(backbone_config.widths) != len(TAPS):
-            raise ConfigError(f"image_encoder 'resnet' taps {len(TAPS)} stages; backbone.widths has "
-                              f"{len(backbone_config.widths)}")
         if backbone_config.in_channels != 3:
             raise ConfigError(f"method 'multilevel' reads RGB images: set backbone.in_channels to 3, "
                               f"got {backbone_config.in_channels}")
@@ -220,19 +193,19 @@ class Multilevel(FrozenEvalMixin, Grounder):
             if getattr(config, key) <= 0:
                 raise ConfigError(f"method.params.{key} must be > 0, got {getattr(config, key)}")
 
+    def _check_levels(self, levels: list[str]) -> None:
+        """The configured levels must be distinct levels of the image encoder: EfficientNet-Lite's c2-c5 and head,
+        or the ResNet's stages (c2-c5 for four)."""
+        allowed = tuple(self.image_encoder.channels)
+        bad = [n for n in self.level_names if n not in allowed]
+        if not self.level_names or bad or len(set(self.level_names)) != len(self.level_names):
+            raise ConfigError(f"method.params.levels must be distinct names among {', '.join(allowed)} "
+                              f"(or middle / last), got {levels!r}")
+
     # -- encoders ----------------------------------------------------------------------------------------------
     def _level_maps(self, images: Tensor) -> list[Tensor]:
-        """Raw feature maps ``[B, C_l, h_l, w_l]`` of the configured levels."""
-        if self.config.image_encoder == "resnet":
-            x = self.image_encoder.pool(self.image_encoder.stem(images))
-            stages = {}
-            for name, stage in zip(TAPS, self.image_encoder.stages):
-                x = stage(x)
-                stages[name] = x
-            return [stages[name] for name in self.level_names]
-        grad = torch.is_grad_enabled() and not self.config.freeze_image
-        with torch.set_grad_enabled(grad):
-            feats = self.image_encoder(images, tuple(self.level_names))
+        """Raw feature maps ``[B, C_l, h_l, w_l]`` of the configured levels (a frozen encoder's without a graph)."""
+        feats = self.image_encoder.levels(images, tuple(self.level_names))
         return [feats[name] for name in self.level_names]
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
@@ -259,22 +232,9 @@ class Multilevel(FrozenEvalMixin, Grounder):
     def encode_words(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         """Texts to the common space: ``words [C, W, D]`` and ``sentence [C, D]`` (unit vectors) and the word
         ``mask [C, W]`` (bool; at least one word per text, see :func:`weakground.text.minilm.pieces_to_words`)."""
-        if self.config.text_encoder == "bilstm":
-            tokens, mask, sentence = self.text_encoder(list(texts))
-        else:
-            out = self.text_encoder.tokens(list(texts))
-            hidden, piece_mask = out.hidden.float(), out.mask.bool()
-            pooled = (hidden * piece_mask[..., None]).sum(1) / piece_mask.sum(1, keepdim=True).clamp_min(1)
-            sentence = F.normalize(pooled, dim=-1)  # MiniLM's own sentence embedding (MiniLM.embed)
-            if self.config.word_units == "words":
-                tokens, mask = word_states(hidden, out.tokens)
-            else:  # every piece but [CLS] / [SEP]; an empty text keeps [CLS] as its only "word"
-                mask = piece_mask.clone()
-                lengths = piece_mask.sum(1)
-                rows = torch.arange(len(texts), device=hidden.device)
-                mask[rows, lengths - 1] = lengths <= 2  # [SEP]
-                mask[:, 0] = lengths <= 2  # [CLS], kept only when nothing else is there
-                tokens = hidden
+        # MiniLM: words (pieces pooled, word_units "words") or pieces, and its own sentence embedding; the BiLSTM:
+        # its tokens and sentence state.
+        tokens, mask, sentence = self.text_encoder.states(list(texts), self.config.word_units)
         words = F.normalize(self.word_map(tokens), dim=-1)
         return words, mask, F.normalize(self.sentence_map(sentence), dim=-1)
 
@@ -313,14 +273,14 @@ class Multilevel(FrozenEvalMixin, Grounder):
         return {"total": total, "words": loss_words.detach(), "sentence": loss_sentence.detach(),
                 "accuracy": accuracy}
 
-    def heatmaps(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
         """Phrase maps ``[B, P, M, M']`` in [0, 1] (``relu``; ``softmax`` attention: a distribution per level).
 
         ``heatmap: words`` (the paper's Flickr30K protocol): ``sum_t w_t H[:, t, l*_t]`` with
         ``w_t = R_t / sum_t R_t`` (``word_weights: softmax``: ``softmax_t(g1 R_t)``); when every R_t is 0 the
         words count equally. ``heatmap: sentence`` (ReferIt / Visual Genome): the sentence's map at its level.
         """
-        images = self.prepare_images(images)
+        images = self.prepare_images(images, inference)
         size = self.grid_size(*images.shape[-2:])
         if not phrases:
             return images.new_zeros((images.shape[0], 0) + size)
@@ -379,13 +339,11 @@ class Multilevel(FrozenEvalMixin, Grounder):
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """Mappings (and a from-scratch ResNet or BiLSTM) at ``lr``; a fine-tuned EfficientNet at
         ``lr * backbone_lr_mult``; frozen encoders not at all."""
-        frozen = {id(p) for name in self.frozen_modules for p in getattr(self, name).parameters()}
-        pretrained: set[int] = set()
-        if self.config.image_encoder == "efficientnet_lite0" and not self.config.freeze_image:
-            pretrained = {id(p) for p in self.image_encoder.parameters()}
+        frozen = {id(p) for name in self.frozen_modules for p in self.get_submodule(name).parameters()}
+        backbone = self.image_encoder.pretrained_parameters()  # a fine-tuned EfficientNet's weights, else none
+        pretrained = {id(p) for p in backbone}
         head = [p for p in self.parameters() if id(p) not in frozen and id(p) not in pretrained]
         groups = [{"params": head, "lr": lr, "name": "mappings"}]
-        if pretrained:
-            groups.append({"params": list(self.image_encoder.parameters()), "lr": lr * backbone_lr_mult,
-                           "name": "backbone"})
+        if backbone:
+            groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})
         return groups

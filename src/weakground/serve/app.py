@@ -17,7 +17,7 @@ Robustness, which the tests check one case at a time:
 * the image is decoded by :func:`weakground.io.read_image_bytes`, the same code as the CLI (EXIF rotation,
   CMYK, 16-bit, palette, transparency; truncated files and decompression bombs refused): not an image → 415,
   empty, corrupt, too many pixels or too small for the method → 400, each with the reason;
-* phrases are checked like the CLI's (empty, over :data:`weakground.cli.MAX_PHRASE_CHARS`, too many) → 422;
+* phrases are checked like the CLI's (empty, over :data:`weakground.engine.inference.MAX_PHRASE_CHARS`, too many) → 422;
 * decoding and inference run in a worker thread under ``timeout_s``; past it the client gets 504 and the
   worker's result is dropped (a request still queued for the lock gives up instead of running late);
 * every error body is ``{"detail": "<one line>"}``, and no bad request leaves the server unable to answer.
@@ -30,7 +30,6 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -39,7 +38,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from weakground import __version__
+from weakground.version import __version__
 from weakground.errors import InputError, WeakgroundError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -61,24 +60,26 @@ class ServeSettings:
 
 @dataclass
 class LoadedModel:
-    """The model the server answers with, its default box threshold and the channels it reads."""
+    """The predictor the server answers with (see :mod:`weakground.engine.inference`) and the lock that lets
+    one request at a time through it."""
 
-    model: Any
-    threshold: float
-    channels: int
-    name: str
+    predictor: Any
     load_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.predictor.name
 
 
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Build the served model exactly as ``weakground locate`` does (bridge by default, or a checkpoint's)."""
-    from weakground.cli import _locate_model
+    from weakground.engine.inference import load
 
     start = time.perf_counter()
-    model, threshold, channels = _locate_model(SimpleNamespace(method=settings.method,
-                                                               checkpoint=settings.checkpoint))
-    return LoadedModel(model, threshold, channels, model.name, time.perf_counter() - start)
+    predictor = load(settings.checkpoint if settings.checkpoint is not None else (settings.method or "bridge"),
+                     method=settings.method if settings.checkpoint is not None else None, command="serve")
+    return LoadedModel(predictor, time.perf_counter() - start)
 
 
 # ---- the typed API (these classes are what /openapi.json describes) ------------------------------------------
@@ -214,65 +215,64 @@ class _Abandoned(Exception):
 
 
 def check_phrases(phrases: list[str], max_phrases: int) -> list[str]:
-    """Strip the phrases and refuse what the CLI refuses; raise HTTP 422 with the reason."""
-    from weakground.cli import MAX_PHRASE_CHARS
+    """The phrases as every door checks them (:func:`weakground.engine.inference.check_phrases`); HTTP 422
+    with the reason."""
+    from weakground.engine.inference import check_phrases as check
 
     if not phrases:
         raise HTTPException(422, "no phrase to ground: send one or more `phrases` fields")
-    if len(phrases) > max_phrases:
-        raise HTTPException(422, f"{len(phrases)} phrases; the limit is {max_phrases} per request")
-    for i, phrase in enumerate(phrases, 1):
-        if not phrase.strip():
-            raise HTTPException(422, f"phrase {i} is empty")
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise HTTPException(422, f"phrase {i} is {len(phrase):,} characters long; the limit is "
-                                f"{MAX_PHRASE_CHARS:,}")
-        if any(ord(c) < 32 and c not in "\t\n\r" for c in phrase):
-            raise HTTPException(422, f"phrase {i} contains control characters")
-    return [" ".join(p.split()) for p in phrases]
+    try:
+        return check(phrases, max_phrases)
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
-def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float,
+def _result(image: Any, grounding: Any, want: dict[str, bool]) -> dict[str, Any]:
+    from weakground.serve import render
+
+    result = grounding.to_dict()
+    result["point"], result["boxes"] = tuple(result["point"]), [tuple(b) for b in result["boxes"]]
+    if want["heatmap_png"]:
+        result["heatmap_png"] = render.heatmap_png(grounding.heatmap)
+    if want["overlay_png"]:
+        result["overlay_png"] = render.overlay_png(image, grounding.heatmap, grounding.point, result["boxes"])
+    return result
+
+
+def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float | None,
             want: dict[str, bool], deadline: float, abandoned: threading.Event) -> dict:
-    import torch
-
-    from weakground.io import image_to_tensor, read_image_bytes
-    from weakground.metrics import heatmap_to_boxes, resize_heatmap
+    from weakground.io import read_image_bytes
     from weakground.serve import render
 
     start = time.perf_counter()
-    image = read_image_bytes(data, name, channels=loaded.channels)
+    predictor = loaded.predictor
+    image = read_image_bytes(data, name, channels=predictor.channels)
+    threshold = predictor.box_threshold if threshold is None else threshold
     # Queued behind another request: wait no longer than this request's own deadline.
     if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise _Abandoned
     try:
         if abandoned.is_set():  # the client already has its 504: do not spend the model on it
             raise _Abandoned
-        with torch.no_grad():
-            maps = loaded.model.grounding_maps(image_to_tensor(image), phrases)
+        found = predictor.locate_array(image, phrases, threshold)
     finally:
         loaded.lock.release()
-    maps = resize_heatmap(maps.float().cpu(), tuple(image.shape[:2]))[0]
-    results = []
-    for phrase, hm in zip(phrases, maps):
-        det, scores = heatmap_to_boxes(hm, threshold)
-        y, x = divmod(int(hm.argmax()), hm.shape[1])
-        boxes = [tuple(float(v) for v in b) for b in det.tolist()]
-        result = {"phrase": phrase, "point": (x, y), "peak": float(hm.max()), "boxes": boxes,
-                  "box_scores": [float(s) for s in scores]}
-        hm_np = hm.numpy()
-        if want["heatmap_png"]:
-            result["heatmap_png"] = render.heatmap_png(hm_np)
-        if want["overlay_png"]:
-            result["overlay_png"] = render.overlay_png(image, hm_np, (x, y), boxes)
-        results.append(result)
     return {"method": loaded.name, "threshold": threshold,
             "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
-            "results": results, "image_png": render.image_png(image) if want["image_png"] else None,
+            "results": [_result(image, g, want) for g in found],
+            "image_png": render.image_png(image) if want["image_png"] else None,
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
 
 
 # ---- the app ---------------------------------------------------------------------------------------------------
+
+
+async def one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
 
 def create_app(settings: ServeSettings | None = None,
@@ -298,18 +298,21 @@ def create_app(settings: ServeSettings | None = None,
     app.add_middleware(UploadLimitMiddleware, max_body=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
                        max_upload_bytes=settings.max_upload_bytes)
 
-    @app.exception_handler(RequestValidationError)
-    async def one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+    app.exception_handler(RequestValidationError)(one_line_validation_error)
 
     def served() -> LoadedModel:
         if "model" not in state:
             raise HTTPException(503, "the model is not loaded yet")
         return state["model"]
+
+    _add_info_routes(app, settings, served)
+    _add_locate_route(app, settings, served)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
+    """The page, health, the method list and the bundled demo photos."""
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -317,7 +320,7 @@ def create_app(settings: ServeSettings | None = None,
 
     @app.get("/api/health", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
     async def health() -> HealthResponse:
-        from weakground.cli import MAX_PHRASE_CHARS
+        from weakground.engine.inference import MAX_PHRASE_CHARS
 
         return HealthResponse(status="ok", method=served().name, version=__version__,
                               max_upload_bytes=settings.max_upload_bytes, timeout_s=settings.timeout_s,
@@ -352,6 +355,10 @@ def create_app(settings: ServeSettings | None = None,
             raise HTTPException(404, str(exc)) from None
         return FileResponse(path, filename=f"{name}{path.suffix}", content_disposition_type="inline")
 
+
+def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
+    """``POST /api/locate``: decode and ground in a worker thread, under the request's deadline."""
+
     @app.post("/api/locate", response_model=LocateResponse, responses=ERRORS)
     async def locate(
         image: Annotated[UploadFile, File(description="the photo: PNG, JPEG, TIFF, WebP, GIF, BMP, ...")],
@@ -375,7 +382,7 @@ def create_app(settings: ServeSettings | None = None,
         abandoned = threading.Event()
         want = {"heatmap_png": heatmap_png, "overlay_png": overlay_png, "image_png": image_png}
         work = asyncio.to_thread(_locate, loaded, data, name, phrases,
-                                 loaded.threshold if threshold is None else threshold, want, deadline, abandoned)
+                                 threshold, want, deadline, abandoned)
         try:
             result = await asyncio.wait_for(work, timeout=settings.timeout_s)
         except (asyncio.TimeoutError, _Abandoned):
@@ -386,9 +393,6 @@ def create_app(settings: ServeSettings | None = None,
             kind = getattr(exc, "kind", None)
             raise HTTPException(415 if kind == "format" else 400, str(exc)) from None
         return LocateResponse(**result)
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

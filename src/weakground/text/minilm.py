@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from weakground.cache import cache_dir
-
 from weakground.errors import WeakgroundError
+from weakground.registry import TEXT_ENCODERS
+from weakground.text.encoders import TextEncoderOptions
 
 MAX_TOKENS = 128  # the model was trained on sequences up to 128 word pieces; longer phrases are truncated
 DIM = 384
@@ -47,7 +48,10 @@ class TokenEmbeddings:
 
 class MiniLM(nn.Module):
     """Frozen all-MiniLM-L6-v2: :meth:`embed` gives ``[N, 384]`` unit sentence vectors, :meth:`tokens` the
-    token-level states for methods that attend over words."""
+    token-level states for methods that attend over words; :meth:`sentences` and :meth:`states` are the text-encoder
+    interface (:mod:`weakground.text.encoders`)."""
+
+    out_dim = DIM
 
     def __init__(self, batch_size: int = 256) -> None:
         super().__init__()
@@ -104,6 +108,36 @@ class MiniLM(nn.Module):
             pooled = (out.hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
             chunks.append(F.normalize(pooled, dim=-1))
         return torch.cat(chunks)
+
+    def sentences(self, texts: list[str]) -> Tensor:
+        """The text-encoder interface's sentence vectors: :meth:`embed`."""
+        return self.embed(texts)
+
+    @torch.no_grad()
+    def states(self, texts: list[str], units: str = "words") -> tuple[Tensor, Tensor, Tensor]:
+        """One pass over ``texts``: unit states ``[T, W, 384]`` (not normalised), their ``mask [T, W]`` (bool) and
+        the unit sentence embeddings ``[T, 384]`` (those of :meth:`embed`).
+
+        ``units="words"``: word pieces mean-pooled into words (:func:`word_states`). ``"pieces"``: every piece
+        but ``[CLS]`` / ``[SEP]``, except that a text with no other piece (the empty text) keeps those two.
+        """
+        out = self.tokens(list(texts))
+        hidden, piece_mask = out.hidden.float(), out.mask.bool()
+        pooled = (hidden * piece_mask[..., None]).sum(1) / piece_mask.sum(1, keepdim=True).clamp_min(1)
+        sentence = F.normalize(pooled, dim=-1)
+        if units == "words":
+            states, mask = word_states(hidden, out.tokens)
+            return states, mask, sentence
+        mask = piece_mask.clone()
+        lengths = piece_mask.sum(1)
+        rows = torch.arange(len(texts), device=hidden.device)
+        mask[rows, lengths - 1] = lengths <= 2  # [SEP] and [CLS], kept only when nothing else is there
+        mask[:, 0] = lengths <= 2
+        return hidden, mask, sentence
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """None: MiniLM stays frozen."""
+        return []
 
     def embed_cached(self, texts: list[str]) -> Tensor:
         """:meth:`embed` for a fixed list, remembered in memory and on disk (see the module docstring)."""
@@ -189,3 +223,9 @@ def shared_minilm() -> MiniLM:
     if _SHARED is None:
         _SHARED = MiniLM()
     return _SHARED
+
+
+@TEXT_ENCODERS.register("minilm")
+def build_minilm_encoder(options: TextEncoderOptions | None = None) -> MiniLM:
+    """The text encoder ``minilm``: the shared frozen instance (it reads none of the options)."""
+    return shared_minilm()

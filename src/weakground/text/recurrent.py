@@ -33,6 +33,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from weakground.errors import ConfigError
+from weakground.registry import TEXT_ENCODERS
+from weakground.text.encoders import TextEncoderOptions
 from weakground.text.glove import MAX_TOKENS, UNK_ID, EncodedTexts, shared_glove
 
 KINDS = ("sru", "gru", "bilstm")
@@ -210,6 +212,19 @@ class RecurrentTextEncoder(nn.Module):
             last_state = torch.cat(list(h_n[-self.directions:]), dim=-1)  # the top layer's directions
         return tokens, mask, self._sentence(tokens, mask, lengths, last_state)
 
+    # -- the text-encoder interface (weakground.text.encoders) ------------------------------------------------
+    def sentences(self, texts: list[str]) -> Tensor:
+        """``[T, D]`` sentence vectors (those of :meth:`forward`)."""
+        return self(list(texts))[2]
+
+    def states(self, texts: list[str], units: str = "words") -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward`: tokens are whole words here, so ``units`` is not read."""
+        return self(list(texts))
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The GloVe table when it is fine-tuned (``freeze_glove=False``); else none."""
+        return [self.glove] if isinstance(self.glove, nn.Parameter) else []
+
     def _sentence(self, tokens: Tensor, mask: Tensor, lengths: Tensor, last_state: Tensor | None) -> Tensor:
         if self.sentence == "mean":
             return tokens.sum(1) / lengths[:, None].to(tokens.dtype)
@@ -223,3 +238,17 @@ class RecurrentTextEncoder(nn.Module):
         if self.directions == 1:
             return forward
         return torch.cat([forward, tokens[:, 0, hidden:]], dim=-1)  # backward direction: after reading it all
+
+
+def _register(kind: str) -> None:
+    @TEXT_ENCODERS.register(kind)
+    def build(options: TextEncoderOptions) -> RecurrentTextEncoder:
+        o = options
+        return RecurrentTextEncoder(kind, o.hidden, o.layers, o.bidirectional, o.dropout,
+                                    freeze_glove=o.freeze_glove, max_tokens=o.max_tokens)
+
+    build.__doc__ = f"The text encoder ``{kind}``: :class:`RecurrentTextEncoder` over GloVe, trained."
+
+
+for _kind in KINDS:
+    _register(_kind)

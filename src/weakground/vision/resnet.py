@@ -8,11 +8,13 @@ presets for small machines trade resolution (``stage_strides``) and width (``wid
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from weakground.config import BackboneConfig
-from weakground.registry import BACKBONES
+from weakground.registry import BACKBONES, IMAGE_ENCODERS
 
 
 class BasicBlock(nn.Module):
@@ -40,7 +42,14 @@ class ResNet(nn.Module):
     """ResNet feature extractor: ``forward(images[B,C,H,W]) -> features[B, widths[-1], H/s, W/s]``.
 
     ``s = stem_stride * prod(stage_strides) * (2 if maxpool)`` is :attr:`stride`.
+
+    As an image encoder of :data:`weakground.registry.IMAGE_ENCODERS` its levels are its stages' outputs, named
+    like EfficientNet-Lite's by position: ``c2`` (the first stage), ``c3``, ... (:attr:`channels`, :meth:`levels`).
+    A single-level method reads its output, whatever level it names (:meth:`feature_map`): the ``level``
+    settings choose among EfficientNet-Lite's levels, and this network's shape is set by ``backbone:`` instead.
     """
+
+    selects_level: ClassVar[bool] = False  # feature_map is the network's output, whatever level is asked
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -61,6 +70,7 @@ class ResNet(nn.Module):
             in_ch = width
         self.stages = nn.Sequential(*stages)
         self.out_channels = in_ch
+        self.channels = {f"c{i + 2}": width for i, width in enumerate(config.widths)}
         self.stride = config.stem_stride * (2 if config.maxpool else 1)
         for s in config.stage_strides:
             self.stride *= s
@@ -70,6 +80,35 @@ class ResNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.stages(self.pool(self.stem(images)))
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """None: the ResNet trains from scratch (at the method's own learning rate)."""
+        return []
+
+    def levels(self, images: Tensor, names: tuple[str, ...] | list[str]) -> dict[str, Tensor]:
+        """``{name: [B, channels[name], h, w]}``, the outputs of the named stages. Every stage runs, as in
+        :meth:`forward`, so training updates the same BatchNorm statistics whichever stages are read."""
+        unknown = [name for name in names if name not in self.channels]
+        if unknown:
+            raise ValueError(f"unknown ResNet level {unknown[0]!r}; known: {', '.join(self.channels)}")
+        x = self.pool(self.stem(images))
+        out = {}
+        for name, stage in zip(self.channels, self.stages):
+            x = stage(x)
+            if name in names:
+                out[name] = x
+        return out
+
+    def feature_map(self, images: Tensor, level: str) -> Tensor:
+        """The network's output; ``level`` is not read (see the class docstring)."""
+        return self(images)
+
+    def feature_channels(self, level: str) -> int:
+        return self.out_channels
 
 
 class DigitClassifier(nn.Module):
@@ -100,3 +139,10 @@ def build_resnet(config: BackboneConfig) -> ResNet:
 
 def build_backbone(config: BackboneConfig) -> nn.Module:
     return BACKBONES.get(config.name)(config)
+
+
+@IMAGE_ENCODERS.register("resnet")
+def build_resnet_encoder(backbone_config: BackboneConfig, finetune: bool) -> nn.Module:
+    """The image encoder ``resnet``: the ``backbone:`` network, trained from scratch (it always trains, so
+    ``finetune`` is not read)."""
+    return build_backbone(backbone_config)

@@ -1,0 +1,287 @@
+"""The one inference layer: load a grounder by method name or checkpoint, and turn an image and phrases into
+heatmaps, points and boxes.
+
+``weakground locate``, ``weakground serve``, ``weakground eval``/``retrieve`` and the Python API
+(:func:`weakground.load`) all come through here, so a phrase gets the same answer whichever door it came in by:
+
+    source (a method name or a .safetensors checkpoint) --load--> Predictor
+    image (path | PIL image | HxWxC uint8 array) + phrases --Predictor.locate--> list[Grounding]
+
+:func:`ground_maps` is the single "heatmaps -> boxes -> argmax point" step; the multi-MNIST evaluator uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from weakground.config import (BackboneConfig, EvalConfig, ExperimentConfig, MethodConfig, OverridePolicy,
+                               config_from_json, override_config)
+from weakground.errors import CheckpointError, ConfigError, InputError, WeakgroundError
+from weakground.methods import Grounder, InferenceSettings, create_method
+from weakground.metrics import heatmap_to_boxes, resize_heatmap
+from weakground.registry import METHODS
+
+MAX_PHRASE_CHARS = 1000  # a longer "phrase" is almost surely a pasted document; refuse it rather than guess
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# How a checkpoint reads images, as opposed to what it learned: the only settings eval/locate --set may change.
+CHECKPOINT_POLICY = OverridePolicy(("data.eval_resize", "eval.shift_average"),
+                                   "a checkpoint's settings are fixed except data.eval_resize, eval.shift_average")
+
+
+def method_policy(name: str) -> OverridePolicy:
+    """A fixed method built by name takes its own settings only."""
+    return OverridePolicy(("method.params.*",), f"only method.params.KEY=VALUE applies to --method {name}")
+
+
+@dataclass
+class Grounding:
+    """One phrase grounded in one image.
+
+    Attributes:
+        phrase: the phrase as grounded (whitespace normalised).
+        point: ``(x, y)``, the 0-based pixel of the heatmap's peak.
+        peak: the heatmap's maximum (method-specific scale; not a calibrated confidence).
+        boxes: regions at or above ``threshold x peak``, ``(x1, y1, x2, y2)`` in pixel edges, best first.
+        box_scores: each box's peak value.
+        heatmap: ``[H, W]`` float32, the map resized to the image.
+    """
+
+    phrase: str
+    point: tuple[int, int]
+    peak: float
+    boxes: list[tuple[float, float, float, float]]
+    box_scores: list[float]
+    heatmap: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the heatmap."""
+        return {"phrase": self.phrase, "point": list(self.point), "peak": self.peak,
+                "boxes": [list(b) for b in self.boxes], "box_scores": list(self.box_scores)}
+
+
+def ground_maps(maps: Tensor, phrases: Sequence[str], threshold: float) -> list[Grounding]:
+    """Heatmaps at the image's size -> one :class:`Grounding` per phrase: the argmax point (first in raster
+    order on ties) and the 8-connected regions at or above ``threshold`` x the map's peak.
+
+    Args:
+        maps: ``[P, H, W]`` non-negative maps, already resized to the image.
+        phrases: the P phrases.
+        threshold: box threshold as a fraction of each map's peak, in [0, 1].
+    """
+    results = []
+    for phrase, hm in zip(phrases, maps):
+        hm = hm.detach().float().cpu()
+        boxes, scores = heatmap_to_boxes(hm, threshold)
+        y, x = divmod(int(hm.argmax()), hm.shape[1])
+        results.append(Grounding(phrase, (x, y), float(hm.max()), [tuple(float(v) for v in b) for b in boxes.tolist()],
+                                 [float(s) for s in scores], hm.numpy()))
+    return results
+
+
+def check_phrases(phrases: Sequence[str], max_phrases: int | None = None) -> list[str]:
+    """Phrases with their whitespace normalised; one-line :class:`InputError` for an empty one, one over
+    :data:`MAX_PHRASE_CHARS`, control characters, none at all or more than ``max_phrases``."""
+    phrases = list(phrases)
+    if not phrases:
+        raise InputError("no phrase to ground: give one or more phrases")
+    if max_phrases is not None and len(phrases) > max_phrases:
+        raise InputError(f"{len(phrases)} phrases; the limit is {max_phrases} per request")
+    for i, phrase in enumerate(phrases, 1):
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise InputError(f"phrase {i} is empty")
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise InputError(f"phrase {i} is {len(phrase):,} characters long; the limit is {MAX_PHRASE_CHARS:,}")
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in phrase):
+            raise InputError(f"phrase {i} contains control characters")
+    return [" ".join(p.split()) for p in phrases]
+
+
+def as_image_array(image: Any, channels: int) -> tuple[np.ndarray, str]:
+    """A path, a PIL image or a uint8 array -> (``[H, W]`` / ``[H, W, 3]`` uint8, a label for messages)."""
+    from weakground.io import pil_to_array, read_image
+
+    if isinstance(image, (str, Path)):
+        return read_image(Path(image), channels=channels), str(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+            raise InputError(f"image array must be uint8 [H, W] or [H, W, 3], got {image.dtype} {image.shape}")
+        from PIL import Image
+
+        return pil_to_array(Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[2] == 1
+                                            else image), channels), "array"
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
+        return pil_to_array(image, channels), "image"
+    raise InputError(f"cannot read an image from a {type(image).__name__}: give a path, a PIL image or a uint8 array")
+
+
+class Predictor:
+    """A grounder loaded for use: what ``locate``, ``serve``, ``eval`` and :func:`weakground.load` hand out.
+
+    Attributes:
+        model: the :class:`~weakground.methods.Grounder`, in eval mode.
+        config: the checkpoint's resolved experiment config (``None`` for a method built by name).
+        box_threshold: default box threshold (the one chosen on validation at training, else 0.5).
+        source: the method name or checkpoint path it was loaded from.
+    """
+
+    def __init__(self, model: Grounder, box_threshold: float, source: str,
+                 config: ExperimentConfig | None = None) -> None:
+        self.model, self.box_threshold, self.source, self.config = model.eval(), box_threshold, source, config
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def channels(self) -> int:
+        """Image channels the method reads (1: multi-MNIST digits, 3: photos)."""
+        return int(self.model.backbone_config.in_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.model.parameters()), torch.empty(0)).device
+
+    @property
+    def has_joint_space(self) -> bool:
+        return self.model.has_joint_space
+
+    def heatmaps(self, images: Tensor, phrases: Sequence[str]) -> Tensor:
+        """``[B, C, H, W]`` float images in [0, 1] -> ``[B, P, h, w]`` maps (the method's grid; resize with
+        :func:`weakground.metrics.resize_heatmap`)."""
+        with torch.no_grad():
+            return self.model.grounding_maps(images.to(self.device), list(phrases))
+
+    def locate_array(self, image: np.ndarray, phrases: Sequence[str], threshold: float | None = None
+                     ) -> list[Grounding]:
+        """:meth:`locate` for a decoded uint8 image (what the web app holds after decoding an upload)."""
+        from weakground.io import image_to_tensor
+
+        threshold = self.box_threshold if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold {threshold}: must lie in [0, 1] (a fraction of the map's peak)")
+        phrases = check_phrases(phrases)
+        maps = self.heatmaps(image_to_tensor(image), phrases)
+        return ground_maps(resize_heatmap(maps.float().cpu(), tuple(image.shape[:2]))[0], phrases, threshold)
+
+    def locate(self, image: Any, phrases: Sequence[str], threshold: float | None = None) -> list[Grounding]:
+        """Ground each phrase in ``image`` (a path, a PIL image or a uint8 ``[H, W(, 3)]`` array)."""
+        array, _ = as_image_array(image, self.channels)
+        return self.locate_array(array, phrases, threshold)
+
+    def _joint_space(self) -> None:
+        if not self.has_joint_space:
+            raise InputError(f"{self.source}: method {self.name!r} has no joint image-text space; retrieval "
+                             f"needs a caption method's checkpoint")
+
+    def retrieve(self, texts: Sequence[str], images: Sequence[str | Path], k: int = 5, rerank: int = 50,
+                 progress: bool = False) -> list[list[dict[str, Any]]]:
+        """Text -> image: for each text, the ``k`` best of the image files ``images`` (``rank``, ``score``,
+        ``path``); unreadable files are skipped."""
+        from weakground.engine import retrieval
+
+        self._joint_space()
+        gallery, _ = retrieval.build_gallery(self.model, [Path(p) for p in images], self.source, progress)
+        return retrieval.search_text(self.model, gallery, list(texts), k, rerank)
+
+    def rank_captions(self, image: Any, captions: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
+        """Image -> text: the ``k`` best of ``captions`` for ``image`` (``rank``, ``score``, ``caption``)."""
+        from weakground.engine import retrieval
+        from weakground.io import image_to_tensor
+
+        self._joint_space()
+        array, _ = as_image_array(image, self.channels)
+        return retrieval.rank_captions(self.model, image_to_tensor(array), list(captions), k)
+
+
+def inference_settings(config: ExperimentConfig) -> InferenceSettings:
+    """How a trained model reads images: caption-trained methods see them resized to the training square when
+    ``data.eval_resize`` is on, label-trained ones (multi-MNIST) at the size they come in; every method averages
+    ``eval.shift_average``^2 shifted copies (see :class:`~weakground.methods.InferenceSettings`)."""
+    from weakground.data.sources import LABEL_GROUNDING, dataset_source
+
+    caption_trained = dataset_source(config.data.name).task != LABEL_GROUNDING
+    size = config.data.image_size if caption_trained and config.data.eval_resize else None
+    return InferenceSettings(input_size=size, shift_average=config.eval.shift_average)
+
+
+def build_trained_method(config: ExperimentConfig, class_names: list[str]) -> Grounder:
+    """The method ``config`` describes, with its inference settings (weights as initialised)."""
+    return create_method(config.method.name, config.backbone, class_names, config.method.params,
+                         inference=inference_settings(config))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", overrides: Sequence[str] = (),
+                    command: str = "eval") -> tuple[Grounder, ExperimentConfig]:
+    """Rebuild a trained method from a ``.safetensors`` checkpoint written by the trainer; ``overrides``
+    (``--set``) may change how it reads images (:data:`CHECKPOINT_POLICY`), nothing it learned."""
+    from weakground.engine.checkpoint import load_weights, read_checkpoint
+
+    path = Path(path)
+    state, meta = read_checkpoint(path)
+    if meta.get("stage") == "pretrain":
+        raise CheckpointError(f"{path}: this is a backbone-pretraining checkpoint, not a grounding method's")
+    for key in ("method", "class_names", "config"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
+    config = config_from_json(json.dumps(meta["config"]), f"{path} (saved config)")
+    if config.method.name != meta["method"]:
+        raise CheckpointError(f"{path}: metadata names method {meta['method']!r} but its config {config.method.name!r}")
+    config = override_config(config, overrides, CHECKPOINT_POLICY, command)
+    model = build_trained_method(config, meta["class_names"])
+    load_weights(path, model, state)
+    return model.to(device).eval(), config
+
+
+def build_fixed_method(name: str, overrides: Sequence[str] = (), command: str = "locate") -> Grounder:
+    """A method that needs no training (``bridge``, ``center``), built by name on RGB images; ``overrides``
+    may set its ``method.params``."""
+    cls = METHODS.get(name)  # unknown name: one line listing the registered methods
+    if cls.trainable:
+        fixed = ", ".join(n for n in METHODS.names() if not METHODS.get(n).trainable)
+        raise WeakgroundError(f"method {name!r} must be trained first: pass --checkpoint (methods that need no "
+                              f"training: {fixed})")
+    config = override_config(ExperimentConfig(method=MethodConfig(name=name)), overrides, method_policy(name), command)
+    # A fixed method reads the files' own RGB; a checkpoint fixes its channel count instead.
+    return create_method(name, BackboneConfig(in_channels=3), [], config.method.params)
+
+
+def _is_path(source: str | Path) -> bool:
+    """A checkpoint is named by a path (a ``Path``, or text with a folder separator or a file suffix); a method
+    by a bare registered name."""
+    text = str(source)
+    return isinstance(source, Path) or "/" in text or "\\" in text or Path(text).suffix != ""
+
+
+def load(source: str | Path = "bridge", *, method: str | None = None, overrides: Sequence[str] = (),
+         device: torch.device | str = "cpu", command: str = "locate") -> Predictor:
+    """A :class:`Predictor` for a method name (one that needs no training) or a trainer's checkpoint.
+
+    Args:
+        source: a method that needs no training by name (``"bridge"``, ``"center"``), or a path to a
+            ``.safetensors`` checkpoint.
+        method: with a checkpoint, the method it must hold (a mismatch is a one-line error).
+        overrides: ``--set`` strings: a checkpoint's image-reading settings, or a named method's params.
+        device: where the model runs.
+        command: the CLI command named in error messages.
+    """
+    import weakground.methods  # noqa: F401  (registers every method)
+
+    if _is_path(source):
+        path = Path(source)
+        model, config = load_checkpoint(path, device, overrides, command)
+        if method is not None and method != config.method.name:
+            raise WeakgroundError(f"--method {method!r} differs from the checkpoint's method "
+                                  f"{config.method.name!r}; drop --method")
+        return Predictor(model, config.eval.box_threshold, str(path), config)
+    if method is not None and method != source:
+        raise ConfigError(f"two method names given: {source!r} and {method!r}")
+    model = build_fixed_method(str(source), overrides, command).to(device)
+    return Predictor(model, EvalConfig().box_threshold, str(source))

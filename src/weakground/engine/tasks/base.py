@@ -1,0 +1,68 @@
+"""The task interface: what the one training driver (:mod:`weakground.engine.driver`) runs.
+
+A task supplies everything that differs between kinds of supervision: the class names a method is built with,
+its data, its batches, its validation score, what happens before and after the shared training loop, and the
+test report. The dataset registry says which task consumes a dataset (``DatasetSource.task``), so the driver
+never branches on a dataset's name. Registered tasks: ``label_grounding`` (multi-MNIST image labels, Fang et
+al.'s protocol) and ``caption_grounding`` (images with captions only: the scenes and the disk formats).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+import torch
+
+from weakground.config import ExperimentConfig
+from weakground.registry import Registry
+
+TASKS: Registry = Registry("task")
+
+Batches = Callable[[np.random.Generator], Iterable[dict[str, Any]]]
+
+
+class Task:
+    """Base class of training tasks; the driver calls these in order (see :func:`~weakground.engine.driver.run_experiment`)."""
+
+    name: ClassVar[str]
+    best_key: ClassVar[str]  # the validation score that picks the best checkpoint (higher is better)
+
+    def class_names(self, config: ExperimentConfig) -> list[str]:
+        """The label vocabulary the method is built with (empty for caption tasks)."""
+        return []
+
+    def check_method(self, model: Any, config: ExperimentConfig) -> None:
+        """Refuse, in one line, a method that cannot learn from this task's supervision."""
+
+    def load_data(self, config: ExperimentConfig, progress: bool) -> Any:
+        raise NotImplementedError
+
+    def report_header(self, config: ExperimentConfig, data: Any) -> dict[str, Any]:
+        """Facts about the data for the report's head."""
+        return {}
+
+    def before_training(self, model: Any, config: ExperimentConfig, run_dir: Path, progress: bool, resume: bool,
+                        report: dict[str, Any]) -> None:
+        """A stage before the method's own training (backbone pretraining), when the run starts from nothing."""
+
+    def batches(self, model: Any, config: ExperimentConfig, data: Any) -> tuple[Batches, int]:
+        """``(make_batches(rng), steps_per_epoch)`` for the shared trainer; no batch may carry a box."""
+        raise NotImplementedError
+
+    def validate(self, config: ExperimentConfig, data: Any, device: torch.device) -> Callable[[Any], dict[str, float]]:
+        raise NotImplementedError
+
+    def after_training(self, model: Any, config: ExperimentConfig, data: Any, device: torch.device,
+                       checkpoint: Path, report: dict[str, Any]) -> ExperimentConfig:
+        """Settings chosen on validation once the best weights are loaded (returned as the new config)."""
+        return config
+
+    def test(self, model: Any, config: ExperimentConfig, data: Any, device: torch.device, run_dir: Path,
+             progress: bool, figure: bool, report: dict[str, Any]) -> None:
+        """Score the test split(s) into ``report``."""
+        raise NotImplementedError
+
+    def print_summary(self, config: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
+        """What ``weakground train`` prints at the end."""
