@@ -80,6 +80,7 @@ def _method_run(name: str, backbone: dict, class_names: list[str], params: dict,
             out["maps"] = _checksum(model.grounding_maps(images(), phrases))
         return out
 
+    run.spec = (name, backbone, class_names, params, batch, images, phrases)  # what it builds, for other tests
     return run
 
 

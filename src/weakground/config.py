@@ -72,7 +72,7 @@ class MethodConfig:
 
 @dataclass
 class PretrainConfig:
-    """Stage 1 (seed 000): pretrain the backbone on single-digit classification."""
+    """Stage 1 (Fang et al.): pretrain the backbone on single-digit classification."""
 
     enabled: bool = True
     epochs: int = 3
@@ -90,7 +90,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.1
     backbone_lr_mult: float = 0.1  # the paper keeps the pretrained backbone at 1/10 of the learning rate
-    optimizer: str = "sgd"  # "sgd" (seed 000) or "adam" (seeds 001-003)
+    optimizer: str = "sgd"  # "sgd" (Fang et al.) or "adam" (Akbari et al., Engilberge et al., matchmap)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     grad_clip: float = 5.0
@@ -120,7 +120,7 @@ class EvalConfig:
     threshold_candidates: list[float] = field(default_factory=list)
     iou_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5])
     # Multi-MNIST boxes scored against: "ink" (tight box of the digit's strokes) or "patch" (the 28x28 patch it
-    # was pasted into: its grid cell). Seed 000 does not say which it used; the benchmark reports both.
+    # was pasted into: its grid cell). Fang et al. does not say which it used; the benchmark reports both.
     ground_truth: str = "ink"
     batch_size: int = 128
     # n > 1: every heatmap is the average over n x n copies of the image shifted by 1/n of the feature map's

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 
 def pair_loss(features: Tensor, labels: Tensor, margin: float) -> Tensor:
-    """Seed 000's pair loss L_p (Eq. 2) over every pair i < j of attended features in a batch.
+    """Fang et al.'s pair loss L_p (Eq. 2) over every pair i < j of attended features in a batch.
 
     Features are L2-normalised first, so the distance ``d_ij = ||f'_i - f'_j||`` lies in [0, 2]. Then
 
@@ -40,7 +40,7 @@ def pair_loss(features: Tensor, labels: Tensor, margin: float) -> Tensor:
 
 
 def attention_sparsity(attention: Tensor) -> Tensor:
-    """Seed 000's regulariser R (Eq. 3): the mean squared attention, ``R = 1/n^2 sum_{x,y} r(x, y)^2``,
+    """Fang et al.'s regulariser R (Eq. 3): the mean squared attention, ``R = 1/n^2 sum_{x,y} r(x, y)^2``,
     averaged over all maps.
 
     Args:
@@ -63,12 +63,12 @@ def triplet_ranking_loss(scores: Tensor, margin: float, negatives: str = "hardes
         image -> caption:  [m - S_ii + S_ij]_+      for its negative caption(s) j != i
         caption -> image:  [m - S_ii + S_ji]_+      for its negative image(s) j != i
 
-    and ``L = 1/B sum_i (cost_i2t(i) + cost_t2i(i))``. The negatives per anchor and direction (seed 003 leaves
+    and ``L = 1/B sum_i (cost_i2t(i) + cost_t2i(i))``. The negatives per anchor and direction (the matchmap paper leaves
     the "sampling strategy" open):
 
     * ``"random"``: one j drawn uniformly from the other B-1 items, per anchor and direction (the random
-      impostors of Harwath et al., ECCV 2018, which seed 003 builds on).
-    * ``"hardest"``: ``j = argmax_{j != i} S_ij`` (max of hinges, VSE++, Faghri et al. 2018; seed 002's choice).
+      impostors of Harwath et al., ECCV 2018, which the matchmap paper builds on).
+    * ``"hardest"``: ``j = argmax_{j != i} S_ij`` (max of hinges, VSE++, Faghri et al. 2018; Engilberge et al.'s choice).
     * ``"all"``: the sum of the hinges over every j != i (VSE, Kiros et al. 2014).
 
     Args:
@@ -104,7 +104,7 @@ def triplet_ranking_loss(scores: Tensor, margin: float, negatives: str = "hardes
 
 
 def hard_negative_triplet_loss(images: Tensor, texts: Tensor, margin: float = 0.2, hardest: bool = True) -> Tensor:
-    """Seed 002's bidirectional triplet loss on in-batch negatives (Engilberge et al., CVPR 2018, Sec. 3.2;
+    """Engilberge et al.'s bidirectional triplet loss on in-batch negatives (Engilberge et al., CVPR 2018, Sec. 3.2;
     the hardest-negative form of VSE++, Faghri et al. 2018).
 
     With ``s(n, m) = <x_n, v_m>`` the score of image n and caption m (pair n matches) and the hinge
@@ -129,7 +129,7 @@ def hard_negative_triplet_loss(images: Tensor, texts: Tensor, margin: float = 0.
 
 
 def log_sum_exp_pool(scores: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """Seed 001's word pooling (Akbari et al., CVPR 2019, Eq. 5): a soft maximum over the valid entries of the
+    """Akbari et al.'s word pooling (Akbari et al., CVPR 2019, Eq. 5): a soft maximum over the valid entries of the
     last axis,
 
         R = 1/gamma * log sum_{t: mask_t} exp(gamma * R_t)
@@ -150,7 +150,7 @@ def log_sum_exp_pool(scores: Tensor, mask: Tensor, gamma: float) -> Tensor:
 
 
 def batch_softmax_loss(scores: Tensor, gamma: float) -> Tensor:
-    """Seed 001's multimodal loss for one score kind (Akbari et al., Eqs. 7-9), over a batch of B matching
+    """Akbari et al.'s multimodal loss for one score kind (Akbari et al., Eqs. 7-9), over a batch of B matching
     image-caption pairs ``(I_b, S_b)``, with ``R[i, j]`` the score of image i and caption j:
 
         P(S_b | I_b) = exp(gamma R[b, b]) / sum_j exp(gamma R[b, j])     captions compete for an image

@@ -1,4 +1,4 @@
-"""Figures people would rather look at than read: heatmap overlays and seed 000's Fig. 3 layout."""
+"""Figures people would rather look at than read: heatmap overlays and Fang et al.'s Fig. 3 layout."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ class MultiMnistSet:
         source_index: per image, int64 ``(K_i,)`` index of each digit in :func:`load_digits_5k`'s arrays
             (provenance: lets one check that train and test scenes share no digit). Empty when unknown.
         patch_boxes: per image, float32 ``(K_i, 4)``: the 28x28 patch each digit was pasted into, aligned with
-            ``boxes`` (in the grid layout without jitter, the digit's grid cell). Seed 000 does not say which box
+            ``boxes`` (in the grid layout without jitter, the digit's grid cell). Fang et al. does not say which box
             it scores against; ``eval.ground_truth: patch`` scores against these. Empty when unknown.
     """
 

@@ -38,36 +38,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from weakground.data.parsing import (  # re-exported: the readers' shared machinery was defined here before
-    ProblemLog,
-    XmlError,
-    XmlNode,
-    checked_box,
-    load_json,
-    normalize_text,
-    parse_xml,
-    read_split_ids,
-    require_dir,
-)
+from weakground.data import parsing
+from weakground.data.parsing import *  # noqa: F403  (re-exported: this machinery was defined here before)
 from weakground.data.sources import dataset_source, disk_formats
 from weakground.data.types import ReadResult
 from weakground.errors import WeakgroundError
 
-__all__ = [
-    "read_dataset",
-    "check_dataset",
-    "format_check_report",
-    "parse_spec",
-    "ProblemLog",
-    "checked_box",
-    "load_json",
-    "parse_xml",
-    "XmlNode",
-    "XmlError",
-    "require_dir",
-    "read_split_ids",
-    "normalize_text",
-]
+__all__ = ["read_dataset", "check_dataset", "format_check_report", "parse_spec", *parsing.__all__]
 
 
 def __getattr__(name: str) -> Any:

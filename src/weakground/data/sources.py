@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -224,32 +225,14 @@ def _multimnist_splits(config: DataConfig, splits: tuple[str, ...] = ("train", "
     return {s: make_multimnist(spec, plan[s][1], pool=plan[s][0], seed=plan[s][2], progress=progress) for s in splits}
 
 
-def _read_flickr30k_entities(root: str | Path, split: str = "test", strict: bool = False, *,
-                             check_images: bool = True) -> ReadResult:
-    from weakground.data.flickr30k_entities import read_flickr30k_entities
+def _lazy_reader(module: str, function: str) -> Reader:
+    """A disk format's reader, imported on its first call: most runs read one format or none."""
 
-    return read_flickr30k_entities(root, split=split, strict=strict, check_images=check_images)
+    def read(root: str | Path, split: str = "test", strict: bool = False, *, check_images: bool = True) -> ReadResult:
+        reader = getattr(importlib.import_module(f"weakground.data.{module}"), function)
+        return reader(root, split=split, strict=strict, check_images=check_images)
 
-
-def _read_coco(root: str | Path, split: str = "test", strict: bool = False, *,
-               check_images: bool = True) -> ReadResult:
-    from weakground.data.coco import read_coco
-
-    return read_coco(root, split=split, strict=strict, check_images=check_images)
-
-
-def _read_referit(root: str | Path, split: str = "test", strict: bool = False, *,
-                  check_images: bool = True) -> ReadResult:
-    from weakground.data.referit import read_referit
-
-    return read_referit(root, split=split, strict=strict, check_images=check_images)
-
-
-def _read_visual_genome(root: str | Path, split: str = "test", strict: bool = False, *,
-                        check_images: bool = True) -> ReadResult:
-    from weakground.data.visual_genome import read_visual_genome
-
-    return read_visual_genome(root, split=split, strict=strict, check_images=check_images)
+    return read
 
 
 # ---------------------------------------------------------------------------------------- the sources
@@ -271,15 +254,12 @@ _register(DatasetSource(
     "synthetic captioned scenes of shapes and digits, generated once into the cache (Flickr30K Entities layout)",
     fields=("seed", "n_train", "n_test", "n_test_unseen", *_CAPTION_TASK_FIELDS),
     materialize=scenes_root, read_as="flickr30k_entities", extra_test_splits=(("test_unseen", "n_test_unseen"),)))
-_register(DatasetSource(
-    "flickr30k_entities", CAPTION_GROUNDING, "Flickr30K Entities captions and phrase boxes; PATH holds Sentences/",
-    fields=("path", *_CAPTION_TASK_FIELDS), read=_read_flickr30k_entities))
-_register(DatasetSource(
-    "coco", CAPTION_GROUNDING, "COCO captions and instance boxes; PATH holds annotations/",
-    fields=("path", *_CAPTION_TASK_FIELDS), read=_read_coco))
-_register(DatasetSource(
-    "referit", CAPTION_GROUNDING, "ReferIt (RefCLEF) referring expressions; PATH is the refer data/ root or refclef/",
-    fields=("path", *_CAPTION_TASK_FIELDS), read=_read_referit))
-_register(DatasetSource(
-    "visual_genome", CAPTION_GROUNDING, "Visual Genome region descriptions; PATH holds region_descriptions.json",
-    fields=("path", *_CAPTION_TASK_FIELDS), read=_read_visual_genome))
+DISK_FORMATS = {  # name -> what PATH holds; each is read by weakground.data.<name>.read_<name>
+    "flickr30k_entities": "Flickr30K Entities captions and phrase boxes; PATH holds Sentences/",
+    "coco": "COCO captions and instance boxes; PATH holds annotations/",
+    "referit": "ReferIt (RefCLEF) referring expressions; PATH is the refer data/ root or refclef/",
+    "visual_genome": "Visual Genome region descriptions; PATH holds region_descriptions.json",
+}
+for _name, _description in DISK_FORMATS.items():
+    _register(DatasetSource(_name, CAPTION_GROUNDING, _description, fields=("path", *_CAPTION_TASK_FIELDS),
+                            read=_lazy_reader(_name, f"read_{_name}")))

@@ -97,6 +97,14 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         meta = json.loads(metadata["weakground"])
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        from weakground.version import __version__
+
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; weakground {__version__} reads "
+                              f"version {FORMAT_VERSION} only")
     return state, meta
 
 

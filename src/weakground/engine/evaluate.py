@@ -1,4 +1,4 @@
-"""Evaluation runner for label-level grounding (seed 000's multi-MNIST protocol).
+"""Evaluation runner for label-level grounding (Fang et al.'s multi-MNIST protocol).
 
 For every test image the method is asked every class. For each class present in the image, its heatmap
 (resized to the image) gives boxes by :func:`~weakground.metrics.heatmap_to_boxes`; the box around the global
@@ -6,7 +6,7 @@ peak is scored by IoU with the nearest ground-truth box of that class (average I
 their peak values feed per-class AP at each IoU threshold (Table 2), and the peak's position gives a pointing hit.
 For classes absent from the image, the peak value is compared with the present classes' peaks (AUROC): a map
 that stays blank for an absent digit scores 1.0. The ground-truth boxes are the digits' tight ink boxes, or with
-``eval.ground_truth: patch`` the 28x28 patches they were pasted into (seed 000 does not say which it scored).
+``eval.ground_truth: patch`` the 28x28 patches they were pasted into (Fang et al. does not say which it scored).
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def _check_arguments(model: Grounder, max_images: int | None, n_visualize: int) 
         raise WeakgroundError(f"max_images must be >= 1, got {max_images}")
     if n_visualize < 0:
         raise WeakgroundError(f"n_visualize must be >= 0, got {n_visualize}")
-    channels = int(getattr(model.backbone_config, "in_channels", 3))
+    channels = int(model.backbone_config.in_channels)
     if channels not in (1, 3):
         raise WeakgroundError(f"method {model.name!r} reads {channels}-channel images; image files give 1 or 3")
     return channels

@@ -1,4 +1,4 @@
-"""Multimodal Compact Bilinear pooling (Fukui et al., 2016; Gao et al., 2016), as used by seed 000.
+"""Multimodal Compact Bilinear pooling (Fukui et al., 2016; Gao et al., 2016), as used by Fang et al..
 
 The outer product of a visual vector ``v`` (n1) and a text vector ``t`` (n2) has n1*n2 entries. Its Count Sketch
 (Charikar et al., 2002) with the combined hash ``h(i, j) = (h1(i) + h2(j)) mod d`` and sign ``s1(i) s2(j)`` equals
@@ -9,7 +9,7 @@ the circular convolution of the two vectors' own sketches, which the FFT turns i
 so the d-dimensional result is computed without forming the outer product. Hashes and signs are drawn once from
 a seed and kept as buffers, so a checkpoint carries them and a reloaded model computes the same function.
 
-When a linear layer follows (seed 000's first 1x1 convolution), :meth:`CompactBilinearPooling.fused_linear`
+When a linear layer follows (Fang et al.'s first 1x1 convolution), :meth:`CompactBilinearPooling.fused_linear`
 goes one step further and never forms the d-dimensional result either (possible unless the signed square root,
 which acts on each of the d entries, sits in between).
 """
@@ -57,7 +57,7 @@ class CompactBilinearPooling(nn.Module):
         text_dim: n2, size of the text vector.
         out_dim: d, size of the sketch (the paper's MCB output size; 16,000 in Fukui et al., smaller here).
         post: ``"signed_sqrt_l2"``: ``sign(x) sqrt(|x|)`` then L2 normalisation over the d outputs, as Fukui et
-            al. do after MCB; ``"l2"``: L2 normalisation only (seed 000 names no post-processing; the norm keeps
+            al. do after MCB; ``"l2"``: L2 normalisation only (Fang et al. names no post-processing; the norm keeps
             the 1x1 convolutions that follow well conditioned); ``"none"``: the raw sketch product.
         seed: seed of the hashes and signs.
     """

@@ -5,9 +5,9 @@ from weakground.methods import mcb_attention  # noqa: F401  (registers "mcb_atte
 from weakground.methods import mcb_captions  # noqa: F401  (mcb_attention's variant for `query: caption`)
 from weakground.methods import center  # noqa: F401  (registers "center")
 from weakground.methods import bridge  # noqa: F401  (registers "bridge"; its models load on first use)
-from weakground.methods import dsve_loc  # noqa: F401  (registers "dsve_loc"; seed 002)
-from weakground.methods import multilevel  # noqa: F401  (registers "multilevel"; seed 001)
-from weakground.methods import matchmap  # noqa: F401  (registers "matchmap"; seed 003)
+from weakground.methods import dsve_loc  # noqa: F401  (registers "dsve_loc"; Engilberge et al.)
+from weakground.methods import multilevel  # noqa: F401  (registers "multilevel"; Akbari et al.)
+from weakground.methods import matchmap  # noqa: F401  (registers "matchmap"; the matchmap paper)
 
 # Listing the registering submodules marks their imports as used (pyflakes ignores noqa).
 __all__ = ["Grounder", "InferenceSettings", "JointSpaceGrounder", "create_method", "mcb_attention", "mcb_captions",

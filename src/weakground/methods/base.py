@@ -72,7 +72,7 @@ class Grounder(nn.Module):
         Args:
             config: the method's own settings, an instance of its :attr:`config_class` (``method.params``).
             backbone_config: the ResNet's settings (``backbone:``), read by methods whose image encoder is the
-                ResNet (seed 000's label mode; ``image_encoder: resnet`` elsewhere). Its ``in_channels`` is the
+                ResNet (Fang et al.'s label mode; ``image_encoder: resnet`` elsewhere). Its ``in_channels`` is the
                 channel count of the images every method is given (1 for multi-MNIST, 3 for RGB photos), which
                 :meth:`check_images` holds them to.
             class_names: the label vocabulary of label-trained methods (multi-MNIST's digit names), whose class

@@ -11,7 +11,7 @@ encoder, and the image classifier's own class-activation maps do the localising:
     cam(x, y) = sum_k w_k W_fc[k] . f(x, y)  -  lambda sum_k p_k W_fc[k] . f(x, y)
     map = ReLU(cam) / max(cam)                                                 (lambda = 0.5: see BridgeConfig)
 
-The last line is the class-activation map (Zhou et al., CVPR 2016) of a mixture of classes; seed 002
+The last line is the class-activation map (Zhou et al., CVPR 2016) of a mixture of classes; Engilberge et al.
 (Engilberge et al., DSVE-Loc) localises the same way, by projecting activation maps into a label/embedding
 space and weighting them by the query. Multiplying the text weights by the image's class probabilities is what
 makes a loose text match usable: "a red motorcycle" is near "moped", "motor scooter" and "crash helmet" in text;

@@ -1,4 +1,4 @@
-"""Seed 002: deep semantic-visual embedding with localization, DSVE-Loc (Engilberge et al., CVPR 2018).
+"""Deep semantic-visual embedding with localization, DSVE-Loc (Engilberge et al., CVPR 2018).
 
     image --CNN--> G [C, h, w] --Weldon pooling--> [C] --affine A, b--> --l2--> x  [D]
     caption --GloVe--> --SRU--> last state --(linear if sizes differ)--> --l2--> v  [D]

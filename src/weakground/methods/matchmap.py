@@ -1,4 +1,4 @@
-"""Seed 003: associative localization with matchmaps (Ghouse, Verma & Das; after Harwath et al., ECCV 2018).
+"""The matchmap paper: associative localization with matchmaps (Ghouse, Verma & Das; after Harwath et al., ECCV 2018).
 
     image --EfficientNet-Lite0 level (frozen)--> [C, h, w] --1x1 conv (or MLP)--> regions   r_n in R^D
     caption --MiniLM (frozen), word pieces averaged into words--> [L, 384] --linear--> words  w_l in R^D
@@ -61,7 +61,7 @@ def matchmap_score(sim: Tensor, word_mask: Tensor, pooling: str = "max_region_me
 
     With ``M = sim[b, t]`` (``N`` regions x the ``L_t`` real words of text t):
 
-    * ``max_region_mean_word`` (MISA, seed 003): ``S = 1/L_t sum_l max_n M[n, l]``
+    * ``max_region_mean_word`` (MISA, the matchmap paper): ``S = 1/L_t sum_l max_n M[n, l]``
     * ``max_word_mean_region`` (SIMA):          ``S = 1/N sum_n max_l M[n, l]``
     * ``mean`` (SISA):                           ``S = 1/(N L_t) sum_{n,l} M[n, l]``
     * ``max`` (MIMA):                            ``S = max_{n,l} M[n, l]``
@@ -137,7 +137,7 @@ class MatchmapConfig:
 
 @METHODS.register("matchmap")
 class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
-    """Seed 003's matchmap grounder (see the module docstring). ``class_names`` is unused (captions only)."""
+    """The matchmap paper's matchmap grounder (see the module docstring). ``class_names`` is unused (captions only)."""
 
     name = "matchmap"
     config_class = MatchmapConfig

@@ -1,4 +1,4 @@
-"""Seed 000: weakly supervised attention learning with compact bilinear pooling (Fang et al.).
+"""Fang et al.: weakly supervised attention learning with compact bilinear pooling (Fang et al.).
 
     image --ResNet--> f [C, h, w]            query --(one-hot | bag of words)--> dense 128 --tile--> t
     MCB(f(x, y), t) --1x1 conv, ReLU, 1x1 conv, sigmoid--> r(x, y)           one-channel attention map
@@ -82,7 +82,7 @@ class MCBAttentionConfig:
     # "sentence": the caption's MiniLM sentence embedding is the one query; "words": each word of the caption is a
     # query of its own, as one label is in the paper, and the caption's score pools the words' (see mcb_captions)
     caption_queries: str = "sentence"
-    gamma_words: float = 5.0  # the word pooling's gamma (caption_queries: words), seed 001's gamma_1
+    gamma_words: float = 5.0  # the word pooling's gamma (caption_queries: words), Akbari et al.'s gamma_1
 
 
 class AbsentBiasLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""Seed 000's MCB attention trained from captions (``mcb_attention`` with ``query: caption``).
+"""Fang et al.'s MCB attention trained from captions (``mcb_attention`` with ``query: caption``).
 
     caption --MiniLM (frozen) sentence embedding--> e [384] --dense 128, ReLU--> q
     image --EfficientNet-Lite0 level (frozen) | ResNet--> f [C, h, w]
@@ -17,7 +17,7 @@ test time over the caption's other objects. Here each word of the caption is a q
 MiniLM state, so "circle" in "a red circle left of a square" knows it is red):
 
     word w --dense 128, ReLU--> q_w --MCB attention--> r_w --pool, linear--> u_w      s_w = cos(u_w, W_t e_w + b_t)
-    S(image, caption) = 1/gamma log sum_w exp(gamma s_w)                      seed 001's soft maximum over words
+    S(image, caption) = 1/gamma log sum_w exp(gamma s_w)                      Akbari et al.'s soft maximum over words
 
 and a phrase's heatmap is its words' maps weighted by softmax_w(gamma s_w), the share each word has in that soft
 maximum (its gradient), so the words that match the image draw the map.

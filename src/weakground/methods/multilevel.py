@@ -1,4 +1,4 @@
-"""Seed 001: a multi-level multimodal common semantic space (Akbari et al., "Multi-level Multimodal Common
+"""Akbari et al.: a multi-level multimodal common semantic space (Akbari et al., "Multi-level Multimodal Common
 Semantic Space for Image-Phrase Grounding", CVPR 2019).
 
     image --EfficientNet-Lite0 (frozen)--> 4 levels (stride 4/8/16/32) --bilinear--> M x M' each
@@ -144,7 +144,7 @@ def mapping(in_dim: int, dim: int, layers: int, nonlinear: bool, slope: float) -
 
 @METHODS.register("multilevel")
 class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
-    """Seed 001's multi-level common space (see the module docstring)."""
+    """Akbari et al.'s multi-level common space (see the module docstring)."""
 
     name = "multilevel"
     config_class = MultilevelConfig

@@ -1,6 +1,6 @@
 """Query encoders for label-level grounding: a one-hot label, or a short phrase naming the label.
 
-Seed 000 feeds a one-hot class label through a 128-unit dense layer. To compare it later with methods that read
+Fang et al. feeds a one-hot class label through a 128-unit dense layer. To compare it later with methods that read
 language, the same model can instead read a phrase ("the digit seven", "a 7") through a small bag-of-words
 encoder over the label's words. Both map a list of strings to a tensor of query vectors, so training and
 inference go through one path.

@@ -1,4 +1,4 @@
-"""Recurrent text encoders over GloVe word vectors: SRU (seed 002), GRU and BiLSTM.
+"""Recurrent text encoders over GloVe word vectors: SRU (Engilberge et al.), GRU and BiLSTM.
 
     texts --tokenize--> ids [B, T] --GloVe (+ learned UNK vector)--> [B, T, 50] --RNN--> tokens [B, T, D]
                                                                                    \\--> sentence [B, D]
@@ -121,7 +121,7 @@ class RecurrentTextEncoder(nn.Module):
     """Texts -> GloVe vectors -> SRU / GRU / BiLSTM -> token states and a sentence vector.
 
     Args:
-        kind: ``"sru"`` (seed 002), ``"gru"`` or ``"bilstm"``.
+        kind: ``"sru"`` (Engilberge et al.), ``"gru"`` or ``"bilstm"``.
         hidden: hidden units per direction.
         layers: stacked recurrent layers.
         bidirectional: run a backward direction too; default False for ``sru``/``gru``, and ``bilstm`` is
@@ -131,7 +131,7 @@ class RecurrentTextEncoder(nn.Module):
             non-persistent buffer, out of checkpoints; unfrozen, it is a parameter and checkpoints grow by 80 MB.
         max_tokens: texts are truncated to this many tokens.
         sentence: the sentence vector: ``"last"`` (the forward direction's state at each text's last token, and
-            the backward direction's at its first token; seed 002's choice), ``"mean"`` or ``"max"`` over tokens.
+            the backward direction's at its first token; Engilberge et al.'s choice), ``"mean"`` or ``"max"`` over tokens.
 
     Attributes:
         out_dim: D, ``hidden * directions``.

@@ -1,7 +1,7 @@
 """Word-level contextual embeddings from MiniLM's word pieces.
 
 MiniLM (a BERT) reads word pieces: ``"xylophonist"`` becomes ``x ##yl ##op ##hon ##ist``. Methods that pool over
-the *words* of a caption (seed 003 averages over the caption's frames) would give such a word five votes and
+the *words* of a caption (the matchmap paper averages over the caption's frames) would give such a word five votes and
 ``"red"`` one, so the pieces of a word are averaged into one vector. ``[CLS]``/``[SEP]`` are dropped (they summarise
 the sentence rather than naming anything in the image), and so are pure punctuation tokens (``.``, ``,``, ``'``),
 which name nothing either. Every other word is kept, stop words included, as the paper averages over every frame.

@@ -9,13 +9,13 @@ def weldon_k(fraction: float, positions: int) -> int:
     """How many positions a Weldon term averages: ``max(1, round(fraction * positions))``, at most ``positions``.
 
     A fraction rather than a count keeps the pooling's meaning when the map size changes with the image size
-    (seed 002 uses a fixed count tuned for one input size).
+    (Engilberge et al. uses a fixed count tuned for one input size).
     """
     return min(positions, max(1, round(fraction * positions)))
 
 
 def weldon_pool(maps: Tensor, k_max: int, k_min: int, min_weight: float = 1.0) -> Tensor:
-    """Weldon spatial pooling (Durand et al., CVPR 2016), as used by seed 002 in place of global pooling.
+    """Weldon spatial pooling (Durand et al., CVPR 2016), as used by Engilberge et al. in place of global pooling.
 
     For each channel c of a map ``G[c]`` with positions sorted by activation,
 

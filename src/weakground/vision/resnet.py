@@ -1,6 +1,6 @@
 """A ResNet-18 family with configurable widths, strides and max pooling.
 
-torchvision does not import with the CPU torch used here, so the few pieces are written out. Seed 000 removes max
+torchvision does not import with the CPU torch used here, so the few pieces are written out. Fang et al. removes max
 pooling and sets every stride to 1 so the attention map keeps the input's resolution; that is
 ``stem_stride=1, stage_strides=[1, 1, 1, 1], maxpool=False``. Stride 1 at full width is costly on a CPU, so the
 presets for small machines trade resolution (``stage_strides``) and width (``widths``) for speed.
@@ -112,7 +112,7 @@ class ResNet(nn.Module):
 
 
 class DigitClassifier(nn.Module):
-    """Backbone + global average pooling + linear layer, for single-digit pretraining (seed 000, stage 1)."""
+    """Backbone + global average pooling + linear layer, for single-digit pretraining (Fang et al., stage 1)."""
 
     def __init__(self, backbone: ResNet, n_classes: int = 10) -> None:
         super().__init__()
