@@ -55,7 +55,7 @@ HEATMAP_SETTINGS = {
 # eval.shift_average values `inference` tries by default: one pass, or n x n copies shifted by stride / n
 SHIFT_AVERAGES = (1, 2, 3)
 # seed 001's ablations as overrides of the multilevel preset (name -> settings); see docs of the method.
-ABLATIONS = {  # slug -> (the README's label, overrides)
+ABLATIONS = {  # slug -> (the label in docs/methods/multilevel.md, overrides)
     "full": ("full model", []),
     "level_middle": ("one level (middle)", ["method.params.levels=[middle]"]),
     "level_last": ("one level (last)", ["method.params.levels=[last]"]),
@@ -180,7 +180,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def print_table(data: dict) -> None:
-    """The README's table: pointing (test / unseen), attention correctness, R@1/5/10 both ways, speed."""
+    """The caption-grounding table (README, docs/tasks/caption_grounding.md): pointing (test / unseen),
+    attention correctness, R@1/5/10 both ways, speed."""
     print("\n| method | pointing (test) | pointing (unseen) | attn. corr. | T→I R@1/5/10 | I→T R@1/5/10 | train img/s |")
     print("|---|---|---|---|---|---|---|")
     for method, row in data.get("methods", {}).items():
@@ -194,7 +195,7 @@ def print_table(data: dict) -> None:
 
 
 def print_ablations(data: dict) -> None:
-    """The README's ablation table: each variant of ``multilevel`` beside the full model."""
+    """The ablation table (docs/methods/multilevel.md): each variant of ``multilevel`` beside the full model."""
     rows = data.get("multilevel", {})
     full = rows.get("full", {}).get("pointing_accuracy")
     print("\n| variant | pointing (test) | vs full | pointing (unseen) | attn. corr. | T→I R@1 | epochs |")
@@ -236,7 +237,7 @@ def main() -> None:
     p.add_argument("--shifts", nargs="+", type=int, default=list(SHIFT_AVERAGES), metavar="N",
                    help="eval.shift_average values to try (N x N shifted copies; 1: one pass)")
     p.set_defaults(func=inference)
-    show = sub.add_parser("show", help="print the README's tables from the committed results, running nothing")
+    show = sub.add_parser("show", help="print the tables from the committed results, running nothing")
     show.set_defaults(func=show_results)
     args = parser.parse_args()
     args.func(args)

@@ -10,6 +10,7 @@ by input (files, labels, settings) print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from weakground.cli import data, evaluate, locate, presets, retrieve, serve, train
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("weakground: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None]:
         raise WeakgroundError("give an image file, --demo NAME, or --folder DIR")
     phrases = gather_phrases(args)
     if args.folder is None:
+        if not Path(args.image).is_file():  # before a model loads for seconds only to find no image
+            raise WeakgroundError(f"{args.image}: image file not found")
         return phrases, None
     from weakground.engine.inference import IMAGE_SUFFIXES
 

@@ -325,7 +325,7 @@ class MCBAttention(Grounder):
         with a strong area term the maps shrink to a band across the digit's middle; a band alone does not show
         the digit, so this term asks the map to keep enough of the strokes to name it. Together they are the
         "smallest sufficient and destroying region" of Dabkowski & Gal (NeurIPS 2017) and Fong & Vedaldi.
-        On 2x2 multi-MNIST it did not undo the band (README, "Maps on the ink"): one telling stroke, such as a
+        On 2x2 multi-MNIST it did not undo the band (docs/methods/mcb_attention.md, "Maps on the ink"): one telling stroke, such as a
         "2"'s base, already names the digit for the fixed model. Arguments as for :meth:`erasing_loss`.
         """
         kept = images * self._image_mask(attention, images)
