@@ -2,7 +2,7 @@ import pytest
 
 from weakground.config import ExperimentConfig, config_from_json, from_dict, load_config, preset_names, to_dict
 from weakground.errors import ConfigError
-from weakground.methods import Grounder  # importing the package registers every method
+from weakground.methods import Captioner, Grounder  # importing the package registers every method
 from weakground.registry import METHODS
 
 
@@ -13,7 +13,7 @@ def test_bundled_presets_load():
         config = load_config(name)
         assert isinstance(config, ExperimentConfig)
         method = METHODS.get(config.method.name)  # a registered method, whose typed config takes the params
-        assert issubclass(method, Grounder)
+        assert issubclass(method, (Grounder, Captioner))
         from_dict(method.config_class, config.method.params)
 
 

@@ -46,6 +46,7 @@ class Registry(Generic[T]):
 METHODS: Registry = Registry("method")
 BACKBONES: Registry = Registry("backbone")
 DATASETS: Registry = Registry("dataset")
+REGION_SOURCES: Registry = Registry("region source")
 # Image encoders the caption methods choose by name (method.params.image_encoder), registered in weakground.vision
 # (importing that package registers them all): ``factory(backbone_config, finetune) -> module``. Every module offers
 # ``channels`` (level name -> channels), ``levels(images, names) -> {name: [B, C, h, w]}``, ``feature_map(images,

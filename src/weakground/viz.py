@@ -101,3 +101,22 @@ def overlay_figure(image: np.ndarray, heatmaps: list[np.ndarray], phrases: list[
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def caption_figure(image: np.ndarray, objects: list[dict], caption: str, path: Path) -> Path:
+    """The image with each grounded object word's box and label, the caption as the title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / image.shape[1] + 0.6))
+    ax.imshow(image)
+    colours = plt.get_cmap("tab10")
+    for i, obj in enumerate(objects):
+        _rect(ax, obj["box"], colours(i % 10))
+        ax.text(obj["box"][0], obj["box"][1] - 2, obj["word"], color="white", fontsize=9,
+                bbox={"facecolor": colours(i % 10), "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+    ax.set_title(caption, fontsize=10)
+    ax.axis("off")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,6 +1,6 @@
 """``weakground <command>``: train, evaluate and use weakly supervised grounding methods.
 
-One module per command (``train``, ``evaluate``, ``locate``, ``serve``, ``data``, ``retrieve``, ``presets``), each
+One module per command (``train``, ``evaluate``, ``locate``, ``caption``, ``serve``, ``data``, ``retrieve``, ``presets``), each
 with ``add_parser(subparsers)`` and ``run(args) -> exit status``; the work itself lives in
 :mod:`weakground.engine` (the inference layer, the training driver), which the web app and the Python API share.
 Heavy imports (torch, matplotlib) happen inside ``run``, so ``weakground --help`` answers at once. Errors caused
@@ -13,10 +13,10 @@ import argparse
 import os
 import sys
 
-from weakground.cli import data, evaluate, locate, presets, retrieve, serve, train
+from weakground.cli import caption, data, evaluate, locate, presets, retrieve, serve, train
 from weakground.errors import WeakgroundError
 
-COMMANDS = (train, evaluate, locate, serve, data, retrieve, presets)
+COMMANDS = (train, evaluate, locate, caption, serve, data, retrieve, presets)
 
 EPILOG = """examples:
   weakground train                                   # MCB attention (Fang et al.) on 2x2 multi-MNIST, CPU preset
@@ -29,6 +29,8 @@ EPILOG = """examples:
   weakground locate --demo astronaut "the astronaut" "the flag" --out locate.png   # a bundled real photo
   weakground serve --port 8000                        # web page + JSON API at http://127.0.0.1:8000
   weakground train --preset multilevel_cpu                                 # caption-level training on scenes
+  weakground train --preset ss_attention_cpu                               # a grounded captioner (Hu et al.)
+  weakground caption photo.png --checkpoint runs/ss_attention_cpu/checkpoints/train_best.safetensors --out cap.png
   weakground retrieve --checkpoint runs/multilevel_cpu/checkpoints/train_best.safetensors --folder photos/ --text "a red circle"
 """
 

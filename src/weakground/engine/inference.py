@@ -24,7 +24,7 @@ from torch import Tensor
 from weakground.config import (BackboneConfig, EvalConfig, ExperimentConfig, MethodConfig, OverridePolicy,
                                config_from_json, override_config)
 from weakground.errors import CheckpointError, ConfigError, InputError, WeakgroundError
-from weakground.methods import Grounder, InferenceSettings, create_method
+from weakground.methods import Captioner, Grounder, InferenceSettings, create_method
 from weakground.metrics import heatmap_to_boxes, resize_heatmap
 from weakground.registry import METHODS
 
@@ -277,6 +277,9 @@ def load(source: str | Path = "bridge", *, method: str | None = None, overrides:
     if _is_path(source):
         path = Path(source)
         model, config = load_checkpoint(path, device, overrides, command)
+        if not isinstance(model, Grounder):
+            raise WeakgroundError(f"{path}: method {config.method.name!r} writes captions and grounds no phrase: "
+                                  f"use `weakground caption IMAGE --checkpoint {path}`")
         if method is not None and method != config.method.name:
             raise WeakgroundError(f"--method {method!r} differs from the checkpoint's method "
                                   f"{config.method.name!r}; drop --method")
@@ -285,3 +288,65 @@ def load(source: str | Path = "bridge", *, method: str | None = None, overrides:
         raise ConfigError(f"two method names given: {source!r} and {method!r}")
     model = build_fixed_method(str(source), overrides, command).to(device)
     return Predictor(model, EvalConfig().box_threshold, str(source))
+
+
+@dataclass
+class GroundedCaption:
+    """A caption written for an image, with each object word grounded in a region.
+
+    Attributes:
+        caption: the words written, joined by spaces.
+        objects: per object word written (in order): ``{"word", "class", "box"}``, the box ``[x1, y1, x2, y2]``
+            in the image's pixels: the region the captioner attended most (largest gamma) when it wrote the word.
+    """
+
+    caption: str
+    objects: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"caption": self.caption, "objects": self.objects}
+
+
+class CaptionPredictor:
+    """A trained captioner (``ss_attention``, ``updown``) loaded for use; what ``weakground caption`` runs."""
+
+    def __init__(self, model: Any, config: ExperimentConfig, source: str) -> None:
+        from weakground.regions import RegionEncoder, build_source
+
+        self.model, self.config, self.source = model.eval(), config, source
+        region_config = model.region_config
+        self.regions = build_source(region_config)
+        if self.regions.needs_ground_truth:
+            raise ConfigError(f"{source}: its regions come from {region_config.source!r}, which needs ground-truth "
+                              f"boxes; retrain with a proposal source that does not (e.g. components)")
+        self.encoder = RegionEncoder(region_config)
+
+    def caption(self, image: Any, beam: int | None = None) -> GroundedCaption:
+        """Write a caption for ``image`` (a path, a PIL image or a uint8 array) and ground its object words."""
+        from PIL import Image
+
+        from weakground.text.vocab import CaptionVocabulary
+
+        array, _ = as_image_array(image, 3)
+        size = self.config.data.image_size
+        resized = np.asarray(Image.fromarray(array).resize((size, size), Image.BILINEAR))
+        regions = self.encoder(resized[None], [self.regions.boxes(resized, None)])
+        batch = {k: getattr(regions, k) for k in ("features", "positions", "classes", "valid")}
+        (ids, gamma), = self.model.generate(batch, beam)
+        words = CaptionVocabulary(self.model.class_names).words
+        sx, sy = array.shape[1] / size, array.shape[0] / size
+        objects = []
+        for t, w in enumerate(ids):
+            cls = self.model.config.object_words.get(words[w])
+            if cls is not None:
+                x1, y1, x2, y2 = (float(v) for v in regions.boxes[0][int(gamma[t].argmax())])
+                objects.append({"word": words[w], "class": cls, "box": [x1 * sx, y1 * sy, x2 * sx, y2 * sy]})
+        return GroundedCaption(" ".join(words[w] for w in ids), objects)
+
+
+def load_captioner(path: Path, device: torch.device | str = "cpu") -> CaptionPredictor:
+    """A :class:`CaptionPredictor` for a captioner's checkpoint (one-line error for any other checkpoint)."""
+    model, config = load_checkpoint(path, device, command="caption")
+    if not isinstance(model, Captioner):
+        raise WeakgroundError(f"{path}: method {config.method.name!r} is not a captioner (ss_attention, updown)")
+    return CaptionPredictor(model, config, str(path))

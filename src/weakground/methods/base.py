@@ -61,6 +61,8 @@ class Grounder(nn.Module):
     # False: a fixed method (a baseline, or `bridge` on pretrained parts as they are), built without a checkpoint.
     trainable: ClassVar[bool] = True
     has_joint_space: ClassVar[bool] = False  # True exactly for JointSpaceGrounder subclasses
+    # The training task a method needs whatever data feeds it (None: the dataset's own task decides)
+    task: ClassVar[str | None] = None
     # Attributes holding frozen pretrained modules (loaded from their packages on construction): checkpoints
     # leave them out, see weakground.engine.checkpoint.checkpointed_state.
     frozen_modules: ClassVar[tuple[str, ...]] = ()
@@ -210,6 +212,33 @@ class JointSpaceGrounder(Grounder):
         raise NotImplementedError(f"method {self.name!r} declares a joint space but does not implement scores")
 
 
+class Captioner(nn.Module):
+    """Base class of caption writers (Hu et al.'s ``ss_attention``, its ``updown`` baseline): they write a caption
+    from an image's regions and ground each object word in the region they attended. Trained by the captioning
+    task (``task``) through :meth:`loss`; ``class_names`` is their caption vocabulary."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    trainable: ClassVar[bool] = True
+    has_joint_space: ClassVar[bool] = False
+    task: ClassVar[str | None] = "captioning"
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def concrete_class(cls, config: Any) -> type[Captioner]:
+        return cls
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def generate(self, batch: dict[str, Tensor], beam: int | None = None) -> list[tuple[list[int], Tensor]]:
+        """Per image, the word ids written and ``gamma [n_words, K]``, the region weights of each word."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+
 def check_choice(config: Any, key: str, allowed: tuple[str, ...] | list[str], section: str = "method.params") -> None:
     """One-line error when ``<section>.<key>`` is not among ``allowed`` (the settings with a fixed set of values)."""
     value = getattr(config, key)
@@ -220,7 +249,7 @@ def check_choice(config: Any, key: str, allowed: tuple[str, ...] | list[str], se
 def create_method(
     name: str, backbone_config: BackboneConfig, class_names: list[str], params: dict[str, Any] | None = None,
     inference: InferenceSettings | None = None,
-) -> Grounder:
+) -> Grounder | Captioner:
     """Build a registered method; ``params`` are checked against the method's typed config, which may select a
     variant class (:meth:`Grounder.concrete_class`). ``inference``: how it reads images (default: as given)."""
     cls = METHODS.get(name)

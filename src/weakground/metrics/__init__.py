@@ -4,6 +4,8 @@ Boxes are ``xyxy`` in pixel edges, 0-based, with exclusive ``x2``/``y2``: ``area
 """
 
 from weakground.metrics.boxes import box_iou, heatmap_to_boxes, peak_box, resize_heatmap
+# pycocoevalcap (and its Java tools) is imported only inside caption_scores, so this import stays light.
+from weakground.metrics.captioning import CAPTION_METRICS, caption_scores, grounding_f1, simple_tokenize
 from weakground.metrics.detection import average_precision, class_average_precision, match_detections, mean_ap
 from weakground.metrics.pointing import (
     PointingProtocol,
@@ -21,6 +23,7 @@ from weakground.metrics.ranking import auroc
 from weakground.metrics.retrieval import recall_at_k, retrieval_ranks, retrieval_report
 
 __all__ = [
+    "CAPTION_METRICS",
     "PointingProtocol",
     "attention_correctness",
     "box_accuracy",
@@ -37,10 +40,13 @@ __all__ = [
     "auroc",
     "average_precision",
     "box_iou",
+    "caption_scores",
     "class_average_precision",
+    "grounding_f1",
     "heatmap_to_boxes",
     "match_detections",
     "mean_ap",
     "peak_box",
     "resize_heatmap",
+    "simple_tokenize",
 ]

@@ -1,0 +1,338 @@
+"""Captioning (Hu et al., paper 004 in ../shared/seeds): write a caption and ground each object word it writes.
+
+Data flows one way: a caption dataset (the scenes, or Flickr30K Entities on disk) -> images resized to
+``data.image_size`` -> region proposals from ``method.params.regions.source`` (a source that sees no ground truth,
+or the labelled ``oracle``) -> region features, boxes and class probabilities, computed once per image by the
+frozen encoder -> samples (image, caption tokens, and only when ``mu > 0`` the L_gnd targets sigma) -> the shared
+trainer -> validation CIDEr picks the best epoch -> beam search on test: BLEU, METEOR, ROUGE-L, CIDEr-D and the
+grounding F1 of every object word (F1_all, F1_loc).
+
+Where boxes enter training, explicitly: ``grounding: boxes`` turns the ground-truth boxes of the entities a caption
+mentions into sigma (the region of largest IoU with each box); ``grounding: grounder`` uses the peak of a weakly
+supervised grounder's heatmap instead and never reads a box; with ``mu: 0`` there is no sigma at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from weakground.config import ExperimentConfig
+from weakground.engine.tasks.base import TASKS, Batches, Task
+from weakground.errors import ConfigError, WeakgroundError
+
+
+@dataclass
+class CaptionSplit:
+    """One split, ready for the captioner.
+
+    Attributes:
+        ids: image ids.
+        images: ``[N, S, S, 3]`` uint8, resized to ``data.image_size``.
+        regions: the precomputed :class:`~weakground.regions.Regions` of every image (boxes in the S x S frame).
+        references: per image, its reference captions.
+        objects: per image, ``{class: [[x1, y1, x2, y2], ...]}`` ground-truth boxes in the S x S frame (scoring).
+        phrases: per image and caption, ``[(phrase text, class, [boxes])]`` of its entities.
+    """
+
+    ids: list[str]
+    images: np.ndarray
+    regions: Any
+    references: list[list[str]]
+    objects: list[dict[str, list[list[float]]]]
+    phrases: list[list[list[tuple[str, str, list[list[float]]]]]] = field(default_factory=list)
+
+
+@dataclass
+class CaptioningData:
+    spec: str
+    splits: dict[str, CaptionSplit]
+    samples: list[tuple[int, list[int], np.ndarray | None]]  # (train image, tokens, sigma or None)
+
+
+def _scaled(box: Any, sx: float, sy: float) -> list[float]:
+    return [box.x1 * sx, box.y1 * sy, box.x2 * sx, box.y2 * sy]
+
+
+def _read_split(spec: str, split: str, size: int, max_images: int | None, progress: bool) -> dict[str, Any]:
+    """Images resized to ``size`` and their captions' entities, boxes scaled to the resized frame."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from weakground.data.readers import read_dataset
+    from weakground.io import read_image
+
+    records = read_dataset(spec, split=split).records[:max_images]
+    out: dict[str, Any] = {"ids": [], "images": [], "references": [], "objects": [], "phrases": []}
+    for record in tqdm(records, disable=not progress, desc=f"read {split}", unit="image", leave=False):
+        captions = [c for c in record.captions if c.text.strip()]
+        if not captions or record.path is None:
+            continue
+        try:
+            pixels = read_image(record.path, channels=3)
+        except WeakgroundError as exc:
+            print(f"skipped {record.path}: {exc}")
+            continue
+        sx, sy = size / pixels.shape[1], size / pixels.shape[0]
+        out["images"].append(np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR)))
+        out["ids"].append(record.image_id)
+        out["references"].append([c.text for c in captions])
+        per_caption, objects = [], {}
+        for c in captions:
+            entities = [(p.text, p.phrase_types[0] if p.phrase_types else "", [_scaled(b, sx, sy) for b in p.boxes])
+                        for p in c.phrases]
+            per_caption.append(entities)
+            for _, cls, boxes in entities:
+                if cls and boxes:
+                    objects.setdefault(cls, []).extend(b for b in boxes if b not in objects.get(cls, []))
+        out["phrases"].append(per_caption)
+        out["objects"].append(objects)
+    if not out["ids"]:
+        raise WeakgroundError(f"{spec}: split {split!r} has no readable image with a caption")
+    out["images"] = np.stack(out["images"])
+    return out
+
+
+def _proposals(split: dict[str, Any], region_config: Any, progress: bool) -> Any:
+    """Region proposals for every image, then their features (the frozen encoder runs once per image)."""
+    from weakground.regions import RegionEncoder, build_source, encode_dataset
+
+    source = build_source(region_config)
+    boxes = []
+    for image, objects in zip(split["images"], split["objects"]):
+        truth = [b for bs in objects.values() for b in bs] if source.needs_ground_truth else None
+        boxes.append(source.boxes(image, truth))
+    return encode_dataset(split["images"], boxes, progress=progress, encoder=RegionEncoder(region_config))
+
+
+def _sigma_from_boxes(region_boxes: torch.Tensor, valid: torch.Tensor, targets: list[list[float]]) -> np.ndarray:
+    """L_gnd's sigma: 1 on the valid region of largest IoU with each target box (the paper's rule)."""
+    from weakground.metrics import box_iou
+
+    sigma = np.zeros(len(valid), np.float32)
+    if targets:
+        iou = box_iou(torch.tensor(targets, dtype=torch.float32), region_boxes.float())
+        iou[:, ~valid] = -1.0
+        sigma[iou.argmax(1).numpy()] = 1.0
+    return sigma
+
+
+def _grounder_boxes(checkpoint: str, images: np.ndarray, phrases: list[list[list[tuple]]],
+                    progress: bool) -> list[list[list[list[float]]]]:
+    """Box-free targets: for each caption's entity phrase, the box of the peak region of a weakly supervised
+    grounder's heatmap (``method.params.grounder_checkpoint``: a multilevel / matchmap / dsve_loc checkpoint
+    trained on captions alone). Per image and caption, the list of boxes."""
+    from tqdm.auto import tqdm
+
+    from weakground.engine.inference import load
+
+    grounder = load(Path(checkpoint), command="train")
+    if not grounder.has_joint_space:
+        raise ConfigError("method.params.grounder_checkpoint must hold a caption-trained grounder")
+    out = []
+    for image, captions in tqdm(list(zip(images, phrases)), disable=not progress, desc="grounder targets",
+                                leave=False):
+        texts = sorted({text for c in captions for text, _, _ in c if text.strip()})
+        found = {g.phrase: g for g in grounder.locate_array(image, texts)} if texts else {}
+        out.append([[list(found[" ".join(t.split())].boxes[0]) for t, _, _ in c
+                     if t.strip() and found[" ".join(t.split())].boxes] for c in captions])
+    return out
+
+
+def _samples(params: Any, config: ExperimentConfig, split: CaptionSplit, vocab: Any, progress: bool
+             ) -> list[tuple[int, list[int], np.ndarray | None]]:
+    """(image, caption tokens, sigma) for every training caption; sigma only when L_gnd trains (mu > 0)."""
+    targets = None
+    if params.mu > 0 and params.grounding == "grounder":
+        targets = _grounder_boxes(params.grounder_checkpoint, split.images, split.phrases, progress)
+    samples = []
+    for i, captions in enumerate(split.references):
+        for j, text in enumerate(captions):
+            sigma = None
+            if params.mu > 0:
+                boxes = (targets[i][j] if targets is not None
+                         else [b for _, _, bs in split.phrases[i][j] for b in bs])  # the paper's box use
+                sigma = _sigma_from_boxes(split.regions.boxes[i], split.regions.valid[i], boxes)
+            samples.append((i, vocab.encode(text, params.max_len), sigma))
+    return samples
+
+
+def caption_batches(data: CaptioningData, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    """Shuffled batches over (image, caption) samples; the last incomplete batch is kept (CE needs no pairs)."""
+    regions = data.splits["train"].regions
+    order = rng.permutation(len(data.samples))
+    for start in range(0, len(order), batch_size):
+        chosen = [data.samples[k] for k in order[start:start + batch_size]]
+        idx = torch.tensor([s[0] for s in chosen])
+        width = max(len(s[1]) for s in chosen)
+        tokens = torch.zeros(len(chosen), width, dtype=torch.long)
+        for row, (_, ids, _) in enumerate(chosen):
+            tokens[row, :len(ids)] = torch.tensor(ids)
+        batch = {"features": regions.features[idx], "positions": regions.positions[idx],
+                 "classes": regions.classes[idx], "valid": regions.valid[idx], "tokens": tokens}
+        if chosen[0][2] is not None:  # only when L_gnd trains: the one place a box-derived value enters a batch
+            batch["grounding_targets"] = torch.from_numpy(np.stack([s[2] for s in chosen]))
+        yield batch
+
+
+def decode(model: Any, split: CaptionSplit, beam: int, limit: int | None = None, batch_size: int = 64
+           ) -> list[tuple[list[int], torch.Tensor]]:
+    """Beam-search captions for the first ``limit`` images of ``split``: ``(word ids, gamma [n, K])`` each."""
+    regions, n = split.regions, len(split.ids) if limit is None else min(limit, len(split.ids))
+    model.eval()
+    out = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        out += model.generate({"features": regions.features[sl], "positions": regions.positions[sl],
+                               "classes": regions.classes[sl], "valid": regions.valid[sl]}, beam)
+    return out
+
+
+def grounded_words(model: Any, split: CaptionSplit, outputs: list[tuple[list[int], torch.Tensor]]
+                   ) -> list[list[dict[str, Any]]]:
+    """Per image, each object word written: ``{"word", "class", "box"}``, the box being the region of largest
+    gamma at the step that wrote it."""
+    words, classes = model.class_names, model.config.object_words
+    found = []
+    for i, (ids, gamma) in enumerate(outputs):
+        found.append([{"word": words[w], "class": classes[words[w]],
+                       "box": [float(v) for v in split.regions.boxes[i][int(gamma[t].argmax())]]}
+                      for t, w in enumerate(ids) if words[w] in classes])
+    return found
+
+
+def caption_report(model: Any, split: CaptionSplit, beam: int, limit: int | None = None,
+                   metrics: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Captioning metrics (pycocoevalcap) and grounding F1 (F1_all, F1_loc) of ``model`` on ``split``."""
+    from weakground.metrics.captioning import caption_scores, grounding_f1
+    from weakground.text.vocab import CaptionVocabulary
+
+    vocab = CaptionVocabulary(model.class_names)
+    outputs = decode(model, split, beam, limit)
+    ids = split.ids[:len(outputs)]
+    candidates = {i: " ".join(vocab.decode(o[0])) or "<empty>" for i, o in zip(ids, outputs)}
+    references = {i: refs for i, refs in zip(ids, split.references)}
+    report = {"captions": caption_scores(references, candidates, metrics=metrics), "n_images": len(ids)}
+    words = grounded_words(model, split, outputs)
+    generated = {i: [(w["class"], w["box"]) for w in ws] for i, ws in zip(ids, words)}
+    truth = {i: objs for i, objs in zip(ids, split.objects)}
+    mentioned = {i: {cls for cap in caps for _, cls, _ in cap if cls} for i, caps in zip(ids, split.phrases)}
+    report["grounding"] = grounding_f1(generated, truth, mentioned)
+    report["examples"] = [{"image_id": i, "caption": candidates[i], "objects": w, "references": references[i][:2]}
+                          for i, w in list(zip(ids, words))[:8]]
+    return report
+
+
+@TASKS.register("captioning")
+class Captioning(Task):
+    name = "captioning"
+    best_key = "cider"
+
+    def __init__(self) -> None:
+        self._data: CaptioningData | None = None
+        self._words: list[str] = []
+
+    @staticmethod
+    def _params(config: ExperimentConfig) -> Any:
+        """The method's typed settings (its defaults filled in)."""
+        from weakground.config import from_dict
+        from weakground.registry import METHODS
+
+        cls = METHODS.get(config.method.name)
+        return from_dict(cls.config_class, config.method.params, f"method.params ({config.method.name})")
+
+    def class_names(self, config: ExperimentConfig) -> list[str]:
+        """The caption vocabulary, from the training captions (read here once; :meth:`load_data` reuses them).
+        The object vocabulary is written into ``method.params.object_words``, so the saved config carries it."""
+        from weakground.text.vocab import CaptionVocabulary, object_vocabulary
+
+        self._data = self._read(config)
+        train = self._data.splits["train"]
+        vocab = CaptionVocabulary.build((c for refs in train.references for c in refs), self._params(config).min_count)
+        objects = object_vocabulary((t, cls) for caps in train.phrases for cap in caps for t, cls, _ in cap)
+        config.method.params["object_words"] = {w: c for w, c in objects.items() if w in vocab.index}
+        self._words = vocab.words
+        return vocab.words
+
+    def _read(self, config: ExperimentConfig, progress: bool = True) -> CaptioningData:
+        from weakground.data.sources import dataset_spec, extra_test_splits
+
+        spec = dataset_spec(config.data, progress)
+        limits = {"val": max(1, config.data.n_val)}
+        splits = {}
+        for name in ["train", "val", "test", *extra_test_splits(config.data)]:
+            raw = _read_split(spec, name, config.data.image_size, limits.get(name), progress)
+            splits[name] = CaptionSplit(raw["ids"], raw["images"], None, raw["references"], raw["objects"],
+                                        raw["phrases"])
+        return CaptioningData(spec, splits, [])
+
+    def check_method(self, model: Any, config: ExperimentConfig) -> None:
+        from weakground.methods import Captioner
+
+        if not isinstance(model, Captioner):
+            raise ConfigError(f"method {config.method.name!r} does not write captions: the captioning task trains "
+                              f"ss_attention or updown")
+
+    def load_data(self, config: ExperimentConfig, progress: bool) -> CaptioningData:
+        from weakground.regions import RegionConfig
+        from weakground.text.vocab import CaptionVocabulary
+
+        if self._data is None:
+            self.class_names(config)
+        params = self._params(config)
+        region_config = RegionConfig(**params.regions)
+        for split in self._data.splits.values():
+            split.regions = _proposals({"images": split.images, "objects": split.objects}, region_config, progress)
+        self._data.samples = _samples(params, config, self._data.splits["train"], CaptionVocabulary(self._words),
+                                      progress)
+        return self._data
+
+    def report_header(self, config: ExperimentConfig, data: CaptioningData) -> dict[str, Any]:
+        from weakground.regions import RegionConfig
+
+        params = self._params(config)
+        rc = RegionConfig(**params.regions)
+        return {"dataset": data.spec, "n_train_images": len(data.splits["train"].ids),
+                "n_train_captions": len(data.samples),
+                "regions": {"source": rc.source, "oracle": rc.source == "oracle", "max_regions": rc.max_regions,
+                            "level": rc.level},
+                "box_use": _box_use(params)}
+
+    def batches(self, model: Any, config: ExperimentConfig, data: CaptioningData) -> tuple[Batches, int]:
+        size = config.train.batch_size
+        return (lambda rng: caption_batches(data, size, rng)), -(-len(data.samples) // size)
+
+    def validate(self, config: ExperimentConfig, data: CaptioningData, device: torch.device
+                 ) -> Callable[[Any], dict[str, float]]:
+        def validate(m: Any) -> dict[str, float]:
+            r = caption_report(m, data.splits["val"], beam=1, metrics=("BLEU", "CIDEr"))
+            return {"cider": r["captions"]["CIDEr"], "bleu4": r["captions"]["BLEU-4"],
+                    "f1_loc": r["grounding"]["f1_loc"]}
+
+        return validate
+
+    def test(self, model: Any, config: ExperimentConfig, data: CaptioningData, device: torch.device, run_dir: Path,
+             progress: bool, figure: bool, report: dict[str, Any]) -> None:
+        for name in [s for s in data.splits if s.startswith("test")]:
+            report[name] = caption_report(model, data.splits[name], beam=model.config.beam)
+            scores, f1 = report[name]["captions"], report[name]["grounding"]
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
+                  + f", F1_all {f1['f1_all']:.3f}, F1_loc {f1['f1_loc']:.3f}")
+
+    def print_summary(self, config: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
+        regions = report["regions"]
+        print(f"\n{config.name}: {config.method.name} on {config.data.name}, regions from {regions['source']}"
+              f"{' (ORACLE: ground-truth boxes)' if regions['oracle'] else ''}; report: {out / 'report.json'}")
+
+
+def _box_use(params: Any) -> str:
+    """Where ground-truth boxes enter training, in one line for the report."""
+    if params.mu <= 0:
+        return "none: no grounding loss"
+    if params.grounding == "grounder":
+        return f"none: L_gnd targets from the grounder {params.grounder_checkpoint}"
+    return "L_gnd only: sigma from the ground-truth boxes of the entities each caption mentions"
