@@ -20,8 +20,10 @@ def test_vocabulary_keeps_frequent_words_in_order_and_round_trips():
 
 def test_object_vocabulary_maps_head_nouns_to_their_majority_class():
     pairs = [("two small red donuts", "ring"), ("a ring", "ring"), ("the donuts", "ring"), ("a plus sign", "cross"),
-             ("two signs", "circle"), ("the sign", "cross"), ("", "ring"), ("a thing", "")]
+             ("two signs", "circle"), ("the sign", "cross"), ("", "ring"), ("a thing", ""),
+             ("a purple plus sign with stripes", "cross")]
     assert object_vocabulary(pairs) == {"donuts": "ring", "ring": "ring", "sign": "cross", "signs": "circle"}
+    # the head before "with stripes": "stripes" names no object
 
 
 class ScriptedDecoder:

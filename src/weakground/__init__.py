@@ -10,7 +10,7 @@ from typing import Any
 
 from weakground.version import __version__
 
-_API = ("load", "Grounding", "Predictor", "ground_maps")
+_API = ("load", "load_captioner", "Grounding", "GroundedCaption", "Predictor", "CaptionPredictor", "ground_maps")
 __all__ = ["__version__", *_API]
 
 

@@ -9,10 +9,13 @@
     maps = g.heatmaps(images, ["the dog"])            # [B, 3, H, W] float in [0, 1] -> [B, P, h, w]
     g.retrieve(["a red circle"], image_paths, k=5)   # joint-space methods: text -> image
     g.rank_captions("photo.jpg", captions, k=5)      # and image -> text
+    c = weakground.load_captioner("runs/ss_attention_cpu/checkpoints/train_best.safetensors")
+    c.caption("photo.jpg")                            # a caption, each object word with its box
 
 Everything here is :mod:`weakground.engine.inference`, re-exported under stable names.
 """
 
-from weakground.engine.inference import Grounding, Predictor, ground_maps, load
+from weakground.engine.inference import (CaptionPredictor, GroundedCaption, Grounding, Predictor, ground_maps, load,
+                                         load_captioner)
 
-__all__ = ["Grounding", "Predictor", "ground_maps", "load"]
+__all__ = ["CaptionPredictor", "GroundedCaption", "Grounding", "Predictor", "ground_maps", "load", "load_captioner"]

@@ -91,10 +91,15 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
     from weakground.engine.inference import load_checkpoint
     from weakground.engine.trainer import resolve_device
 
+    from weakground.methods import Captioner
+
     if args.split not in ("val", "test"):
-        raise WeakgroundError(f"eval --split {args.split!r}: multi-MNIST checkpoints are scored on val or test")
+        raise WeakgroundError(f"eval --split {args.split!r}: multi-MNIST and captioner checkpoints are scored on "
+                              "val or test")
     device = resolve_device("auto")
     model, config = load_checkpoint(args.checkpoint, device)
+    if isinstance(model, Captioner):
+        return _eval_captioner(args, model, config)
     policy = OverridePolicy(("data.*", "eval.ground_truth", "eval.box_threshold"),
                             "only data.KEY=VALUE, eval.ground_truth=ink|patch and eval.box_threshold=F apply to "
                             "multi-MNIST evaluation")
@@ -105,6 +110,25 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
     report.update({"checkpoint": str(args.checkpoint), "split": args.split, "data": to_dict(config.data),
                    "machine": machine_description()})
     print_table(label_summary_rows(report))
+    write_report(report, args.out)
+    return 0
+
+
+def _eval_captioner(args: argparse.Namespace, model: object, config: object) -> int:
+    """A captioner's table on its own dataset's split: caption metrics and grounding F1 (``--max-images``)."""
+    from weakground.engine.driver import machine_description
+    from weakground.engine.tasks.captioning import evaluate_captioner
+
+    if args.overrides:
+        raise WeakgroundError("eval --set does not apply to a captioner's checkpoint (its settings are fixed)")
+    report = evaluate_captioner(model, config, args.split, args.max_images, progress=not args.no_progress)
+    report.update({"checkpoint": str(args.checkpoint), "split": args.split, "machine": machine_description()})
+    for key, value in report["captions"].items():
+        if isinstance(value, float):
+            print(f"  {key:8s} {value:.3f}")
+    print(f"  F1_all   {report['grounding']['f1_all']:.3f}\n  F1_loc   {report['grounding']['f1_loc']:.3f}")
+    print(f"  regions from {report['regions']['source']}{' (ORACLE)' if report['regions']['oracle'] else ''}, "
+          f"{report['n_images']} images, beam {report['beam']}")
     write_report(report, args.out)
     return 0
 

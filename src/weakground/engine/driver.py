@@ -66,7 +66,7 @@ def _mean_throughput(history: list[dict[str, Any]]) -> float | None:
     return round(sum(rates) / len(rates), 1) if rates else None
 
 
-def _build(config: ExperimentConfig) -> tuple[Task, Grounder, dict[str, Any] | None]:
+def _build(config: ExperimentConfig, progress: bool) -> tuple[Task, Grounder, dict[str, Any] | None]:
     """The task and the method, checked before any data is made or any file written."""
     if not METHODS.get(config.method.name).trainable:
         raise ConfigError(f"method {config.method.name!r} needs no training (a baseline, or pretrained models used as "
@@ -76,7 +76,7 @@ def _build(config: ExperimentConfig) -> tuple[Task, Grounder, dict[str, Any] | N
     if unused:  # typed per dataset: a setting the chosen dataset never reads is worth a line, not silence
         print(f"note: dataset {config.data.name!r} does not read data.{', data.'.join(unused)} (set but unused)")
     seed_everything(config.train.seed)
-    model = build_trained_method(config, task.class_names(config))
+    model = build_trained_method(config, task.class_names(config, progress))
     task.check_method(model, config)
     return task, model, init_from_checkpoint(model, config)  # a bad train.init_from fails here too
 
@@ -98,7 +98,7 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
                    figure: bool = True) -> dict[str, Any]:
     """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` (and figures)."""
     t0 = time.time()
-    task, model, init_from = _build(config)
+    task, model, init_from = _build(config, progress)
     data = task.load_data(config, progress)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

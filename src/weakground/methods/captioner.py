@@ -98,6 +98,10 @@ class SSAttentionCaptioner(Captioner):
         self.prior_c = nn.Linear(1000 if config.class_input == "c" else hid, 1)  # W_c: to one value
         self.prior_p = nn.Linear(5 if config.position_input == "p" else hid, 1)  # W_p: to one value
         self.prior_out = nn.Linear(2, 1)  # w_b
+        # The two inner values pass a ReLU: started negative for every region they would stay there (no gradient
+        # through a ReLU at 0) and beta would stay uniform, as it did in a tiny test. They start positive instead.
+        for inner in (self.prior_c, self.prior_p):
+            nn.init.constant_(inner.bias, 1.0)
         self.drop = nn.Dropout(config.dropout)
         self.output = nn.Linear(hid, len(self.class_names))
 

@@ -15,6 +15,8 @@ from weakground.text.tokens import tokenize
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
+# Words that open a prepositional phrase after a noun phrase's head ("a sign with stripes", "a man in a hat")
+PREPOSITIONS = frozenset({"with", "in", "on", "of", "at", "near", "from", "by", "behind", "under", "over", "above"})
 
 
 class CaptionVocabulary:
@@ -59,12 +61,14 @@ class CaptionVocabulary:
 def object_vocabulary(phrases: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Object word -> object class, from ``(phrase text, class)`` pairs of the training captions' entities.
 
-    The head noun of a phrase is its last token ("two small red donuts" -> "donuts"); a word seen as the head of
-    several classes keeps the most frequent (ties: alphabetical), so every generated word names one class.
+    The head noun of a phrase is its last token before any prepositional phrase ("two small red donuts" ->
+    "donuts", "a plus sign with stripes" -> "sign"); a word seen as the head of several classes keeps the most
+    frequent (ties: alphabetical), so every generated word names one class.
     """
     votes: dict[str, Counter] = {}
     for text, cls in phrases:
         tokens = tokenize(text)
-        if tokens and cls:
-            votes.setdefault(tokens[-1], Counter())[cls] += 1
+        cut = next((i for i, t in enumerate(tokens) if t in PREPOSITIONS and i > 0), len(tokens))
+        if tokens[:cut] and cls:
+            votes.setdefault(tokens[cut - 1], Counter())[cls] += 1
     return {w: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for w, c in sorted(votes.items())}

@@ -29,8 +29,9 @@ class Task:
     name: ClassVar[str]
     best_key: ClassVar[str]  # the validation score that picks the best checkpoint (higher is better)
 
-    def class_names(self, config: ExperimentConfig) -> list[str]:
-        """The label vocabulary the method is built with (empty for caption tasks)."""
+    def class_names(self, config: ExperimentConfig, progress: bool = False) -> list[str]:
+        """The vocabulary the method is built with: digit labels, a captioner's words (empty for caption
+        grounding, whose methods read any phrase)."""
         return []
 
     def check_method(self, model: Any, config: ExperimentConfig) -> None:

@@ -97,8 +97,15 @@ def _read_split(spec: str, split: str, size: int, max_images: int | None, progre
     return out
 
 
-def _proposals(split: dict[str, Any], region_config: Any, progress: bool) -> Any:
+# (dataset spec, split, image size, region config) -> Regions: the frozen encoder's output depends on nothing
+# else, so runs in one process (the benchmark's table rows) share it instead of encoding the images again
+_REGIONS: dict[tuple, Any] = {}
+
+
+def _proposals(split: dict[str, Any], region_config: Any, progress: bool, key: tuple | None = None) -> Any:
     """Region proposals for every image, then their features (the frozen encoder runs once per image)."""
+    if key is not None and key in _REGIONS:
+        return _REGIONS[key]
     from weakground.regions import RegionEncoder, build_source, encode_dataset
 
     source = build_source(region_config)
@@ -106,7 +113,10 @@ def _proposals(split: dict[str, Any], region_config: Any, progress: bool) -> Any
     for image, objects in zip(split["images"], split["objects"]):
         truth = [b for bs in objects.values() for b in bs] if source.needs_ground_truth else None
         boxes.append(source.boxes(image, truth))
-    return encode_dataset(split["images"], boxes, progress=progress, encoder=RegionEncoder(region_config))
+    regions = encode_dataset(split["images"], boxes, progress=progress, encoder=RegionEncoder(region_config))
+    if key is not None:
+        _REGIONS[key] = regions
+    return regions
 
 
 def _sigma_from_boxes(region_boxes: torch.Tensor, valid: torch.Tensor, targets: list[list[float]]) -> np.ndarray:
@@ -219,8 +229,9 @@ def caption_report(model: Any, split: CaptionSplit, beam: int, limit: int | None
     report = {"captions": caption_scores(references, candidates, metrics=metrics), "n_images": len(ids)}
     words = grounded_words(model, split, outputs)
     generated = {i: [(w["class"], w["box"]) for w in ws] for i, ws in zip(ids, words)}
-    truth = {i: objs for i, objs in zip(ids, split.objects)}
-    mentioned = {i: {cls for cap in caps for _, cls, _ in cap if cls} for i, caps in zip(ids, split.phrases)}
+    # GVD's protocol exactly: each reference caption's annotated object words, and what each caption mentions
+    truth = {i: [[(cls, bs) for _, cls, bs in cap if cls and bs] for cap in caps] for i, caps in zip(ids, split.phrases)}
+    mentioned = {i: [{cls for _, cls, _ in cap if cls} for cap in caps] for i, caps in zip(ids, split.phrases)}
     report["grounding"] = grounding_f1(generated, truth, mentioned)
     report["examples"] = [{"image_id": i, "caption": candidates[i], "objects": w, "references": references[i][:2]}
                           for i, w in list(zip(ids, words))[:8]]
@@ -245,12 +256,12 @@ class Captioning(Task):
         cls = METHODS.get(config.method.name)
         return from_dict(cls.config_class, config.method.params, f"method.params ({config.method.name})")
 
-    def class_names(self, config: ExperimentConfig) -> list[str]:
+    def class_names(self, config: ExperimentConfig, progress: bool = False) -> list[str]:
         """The caption vocabulary, from the training captions (read here once; :meth:`load_data` reuses them).
         The object vocabulary is written into ``method.params.object_words``, so the saved config carries it."""
         from weakground.text.vocab import CaptionVocabulary, object_vocabulary
 
-        self._data = self._read(config)
+        self._data = self._read(config, progress)
         train = self._data.splits["train"]
         vocab = CaptionVocabulary.build((c for refs in train.references for c in refs), self._params(config).min_count)
         objects = object_vocabulary((t, cls) for caps in train.phrases for cap in caps for t, cls, _ in cap)
@@ -258,7 +269,7 @@ class Captioning(Task):
         self._words = vocab.words
         return vocab.words
 
-    def _read(self, config: ExperimentConfig, progress: bool = True) -> CaptioningData:
+    def _read(self, config: ExperimentConfig, progress: bool) -> CaptioningData:
         from weakground.data.sources import dataset_spec, extra_test_splits
 
         spec = dataset_spec(config.data, progress)
@@ -282,11 +293,13 @@ class Captioning(Task):
         from weakground.text.vocab import CaptionVocabulary
 
         if self._data is None:
-            self.class_names(config)
+            self.class_names(config, progress)
         params = self._params(config)
         region_config = RegionConfig(**params.regions)
-        for split in self._data.splits.values():
-            split.regions = _proposals({"images": split.images, "objects": split.objects}, region_config, progress)
+        for name, split in self._data.splits.items():
+            key = (self._data.spec, name, config.data.image_size, repr(region_config))
+            split.regions = _proposals({"images": split.images, "objects": split.objects}, region_config, progress,
+                                       key)
         self._data.samples = _samples(params, config, self._data.splits["train"], CaptionVocabulary(self._words),
                                       progress)
         return self._data
@@ -336,3 +349,21 @@ def _box_use(params: Any) -> str:
     if params.grounding == "grounder":
         return f"none: L_gnd targets from the grounder {params.grounder_checkpoint}"
     return "L_gnd only: sigma from the ground-truth boxes of the entities each caption mentions"
+
+
+def evaluate_captioner(model: Any, config: ExperimentConfig, split: str = "test", max_images: int | None = None,
+                       progress: bool = False) -> dict[str, Any]:
+    """``weakground eval --checkpoint CAPTIONER``: read ``split`` of the checkpoint's own dataset, propose and
+    encode its regions as training did, and score :func:`caption_report` with the checkpoint's beam."""
+    from weakground.data.sources import dataset_spec
+    from weakground.regions import RegionConfig
+
+    spec = dataset_spec(config.data, progress)
+    raw = _read_split(spec, split, config.data.image_size, max_images, progress)
+    region_config = RegionConfig(**model.config.regions)
+    regions = _proposals(raw, region_config, progress)
+    data = CaptionSplit(raw["ids"], raw["images"], regions, raw["references"], raw["objects"], raw["phrases"])
+    report = caption_report(model, data, beam=model.config.beam)
+    report.update({"beam": model.config.beam, "regions": {"source": region_config.source,
+                                                          "oracle": region_config.source == "oracle"}})
+    return report

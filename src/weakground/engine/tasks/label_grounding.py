@@ -79,7 +79,7 @@ class LabelGrounding(Task):
     name = "label_grounding"
     best_key = "map"
 
-    def class_names(self, config: ExperimentConfig) -> list[str]:
+    def class_names(self, config: ExperimentConfig, progress: bool = False) -> list[str]:
         from weakground.data.splits import class_names
 
         return class_names(config.data)
