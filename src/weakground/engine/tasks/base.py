@@ -67,3 +67,20 @@ class Task:
 
     def print_summary(self, config: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
         """What ``weakground train`` prints at the end."""
+
+
+def read_square(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """An RGB training image resized to ``size x size`` (aspect not kept: the captions' left/right/above words
+    survive a resize) and its own ``(height, width)``; ``None``, with a line saying why, for an unreadable file,
+    which the caption tasks skip rather than stop on."""
+    from PIL import Image
+
+    from weakground.errors import WeakgroundError
+    from weakground.io import read_image
+
+    try:
+        pixels = read_image(path, channels=3)
+    except WeakgroundError as exc:
+        print(f"skipped {path}: {exc}")
+        return None
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR)), pixels.shape[:2]

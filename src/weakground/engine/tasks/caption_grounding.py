@@ -18,10 +18,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 from weakground.config import ExperimentConfig
-from weakground.engine.tasks.base import TASKS, Batches, Task
+from weakground.engine.tasks.base import TASKS, Batches, Task, read_square
 from weakground.errors import ConfigError, WeakgroundError
 
 
@@ -49,7 +48,6 @@ def load_caption_train_set(spec: str, split: str, size: int, progress: bool = Fa
     from tqdm.auto import tqdm
 
     from weakground.data.readers import read_dataset
-    from weakground.io import read_image
 
     if size < 32:
         raise ConfigError(f"data.image_size must be >= 32, got {size}")
@@ -59,12 +57,10 @@ def load_caption_train_set(spec: str, split: str, size: int, progress: bool = Fa
         texts = [c.text for c in record.captions if c.text.strip()]
         if not texts or record.path is None:
             continue
-        try:
-            pixels = read_image(record.path, channels=3)
-        except WeakgroundError as exc:
-            print(f"skipped {record.path}: {exc}")
+        read = read_square(record.path, size)
+        if read is None:
             continue
-        images.append(np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR)))
+        images.append(read[0])
         captions.append(texts)
         ids.append(record.image_id)
     if not images:

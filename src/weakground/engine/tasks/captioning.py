@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from weakground.config import ExperimentConfig
-from weakground.engine.tasks.base import TASKS, Batches, Task
+from weakground.engine.tasks.base import TASKS, Batches, Task, read_square
 from weakground.errors import ConfigError, WeakgroundError
 
 
@@ -60,11 +60,9 @@ def _scaled(box: Any, sx: float, sy: float) -> list[float]:
 
 def _read_split(spec: str, split: str, size: int, max_images: int | None, progress: bool) -> dict[str, Any]:
     """Images resized to ``size`` and their captions' entities, boxes scaled to the resized frame."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from weakground.data.readers import read_dataset
-    from weakground.io import read_image
 
     records = read_dataset(spec, split=split).records[:max_images]
     out: dict[str, Any] = {"ids": [], "images": [], "references": [], "objects": [], "phrases": []}
@@ -72,13 +70,11 @@ def _read_split(spec: str, split: str, size: int, max_images: int | None, progre
         captions = [c for c in record.captions if c.text.strip()]
         if not captions or record.path is None:
             continue
-        try:
-            pixels = read_image(record.path, channels=3)
-        except WeakgroundError as exc:
-            print(f"skipped {record.path}: {exc}")
+        read = read_square(record.path, size)
+        if read is None:
             continue
-        sx, sy = size / pixels.shape[1], size / pixels.shape[0]
-        out["images"].append(np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR)))
+        sx, sy = size / read[1][1], size / read[1][0]
+        out["images"].append(read[0])
         out["ids"].append(record.image_id)
         out["references"].append([c.text for c in captions])
         per_caption, objects = [], {}
