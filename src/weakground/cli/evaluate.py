@@ -94,8 +94,8 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
     from weakground.methods import Captioner
 
     if args.split not in ("val", "test"):
-        raise WeakgroundError(f"eval --split {args.split!r}: multi-MNIST and captioner checkpoints are scored on "
-                              "val or test")
+        raise WeakgroundError(f"eval --split {args.split!r}: multi-MNIST checkpoints are scored on val or test "
+                              "(captioners too)")
     device = resolve_device("auto")
     model, config = load_checkpoint(args.checkpoint, device)
     if isinstance(model, Captioner):
