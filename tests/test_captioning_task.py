@@ -107,3 +107,36 @@ def test_box_free_targets_come_from_the_grounder_not_from_boxes(monkeypatch):
     assert sigma.tolist() == [0.0, 1.0, 0.0] and tokens[0] == 1  # the grounder's box picked region 1
     none = SSAttentionConfig(mu=0.0, grounding="none")
     assert captioning._samples(none, _config(), split, vocab, False)[0][2] is None
+
+
+def test_the_web_app_captions_with_a_captioner_and_says_so_without_one(trained):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from weakground.engine.inference import load, load_captioner
+    from weakground.serve.app import LoadedModel, ServeSettings, create_app
+
+    report, tmp = trained
+    captioner = load_captioner(report["train"]["checkpoint"])
+    image = (tmp / "scene.png").read_bytes() if (tmp / "scene.png").is_file() else _png()
+    files = {"image": ("scene.png", image, "image/png")}
+    with TestClient(create_app(ServeSettings(), loader=lambda s: LoadedModel(load("center"), captioner=captioner))) as c:
+        r = c.post("/api/caption", files=files)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["method"] == "ss_attention" and isinstance(body["caption"], str)
+        assert all(set(o) == {"word", "class", "box"} for o in body["objects"])
+        assert c.post("/api/caption", files={"image": ("x.png", b"not an image", "image/png")}).status_code == 415
+    with TestClient(create_app(ServeSettings(), loader=lambda s: LoadedModel(load("center")))) as c:
+        r = c.post("/api/caption", files=files)
+        assert r.status_code == 404 and "--caption-checkpoint" in r.json()["detail"]
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()

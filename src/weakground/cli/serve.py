@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--method", help="a method that needs no training (default: bridge), or the checkpoint's own")
     p.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint written by train")
+    p.add_argument("--caption-checkpoint", type=Path, help="also serve POST /api/caption with this captioner's "
+                   "checkpoint (ss_attention, updown)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
                    help="largest image upload accepted, in MiB; larger ones get 413 (default: 10)")
     p.add_argument("--timeout-s", type=float, default=30.0, metavar="S",
@@ -33,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
         raise WeakgroundError(f"--max-upload-mb {args.max_upload_mb:g}: must be > 0")
     if not args.timeout_s > 0:
         raise WeakgroundError(f"--timeout-s {args.timeout_s:g}: must be > 0")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise WeakgroundError(f"{args.checkpoint}: checkpoint file not found")
+    for path in (args.checkpoint, args.caption_checkpoint):
+        if path is not None and not path.is_file():
+            raise WeakgroundError(f"{path}: checkpoint file not found")
     import importlib
     import importlib.util
 
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             raise WeakgroundError(f"method {name!r} must be trained first: pass --checkpoint")
     from weakground.serve.app import ServeSettings, serve
 
-    settings = ServeSettings(method=args.method, checkpoint=args.checkpoint, timeout_s=args.timeout_s,
+    settings = ServeSettings(method=args.method, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint,
+                             timeout_s=args.timeout_s,
                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     try:
         serve(settings, host=args.host, port=args.port)

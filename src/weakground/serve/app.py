@@ -6,6 +6,8 @@ because they load their scripts from a CDN, and this app works offline):
 * ``GET /`` — the page (``static/index.html``, plain JS and CSS, no build step and nothing fetched from a CDN);
 * ``POST /api/locate`` — multipart: ``image`` (a file) and one ``phrases`` field per phrase → per phrase the peak
   point, the boxes, the peak value, and a base64 PNG heatmap (and, on request, a drawn overlay);
+* ``POST /api/caption`` — multipart ``image`` → a grounded caption (each object word with its box), when the
+  server was started with ``--caption-checkpoint``;
 * ``GET /api/health``, ``GET /api/methods``, ``GET /api/demo-photos`` (+ ``/{name}``: the bundled real photos).
 
 Robustness, which the tests check one case at a time:
@@ -56,6 +58,7 @@ class ServeSettings:
     max_upload_bytes: int = 10 * 1024 * 1024
     timeout_s: float = 30.0
     max_phrases: int = MAX_PHRASES
+    caption_checkpoint: Path | None = None  # a captioner (ss_attention, updown) for POST /api/caption
 
 
 @dataclass
@@ -66,6 +69,7 @@ class LoadedModel:
     predictor: Any
     load_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    captioner: Any = None  # a CaptionPredictor, when the server was started with one
 
     @property
     def name(self) -> str:
@@ -79,7 +83,12 @@ def load_model(settings: ServeSettings) -> LoadedModel:
     start = time.perf_counter()
     predictor = load(settings.checkpoint if settings.checkpoint is not None else (settings.method or "bridge"),
                      method=settings.method if settings.checkpoint is not None else None, command="serve")
-    return LoadedModel(predictor, time.perf_counter() - start)
+    captioner = None
+    if settings.caption_checkpoint is not None:
+        from weakground.engine.inference import load_captioner
+
+        captioner = load_captioner(settings.caption_checkpoint)
+    return LoadedModel(predictor, time.perf_counter() - start, captioner=captioner)
 
 
 # ---- the typed API (these classes are what /openapi.json describes) ------------------------------------------
@@ -143,6 +152,21 @@ class LocateResponse(BaseModel):
     image_png: str | None = Field(None, description="base64 PNG of the image as the model read it (with "
                                   "image_png=true), long side <= 1024 px")
     elapsed_ms: float = Field(description="decode + inference + pictures, on the server")
+
+
+class CaptionObject(BaseModel):
+    word: str = Field(description="the object word as written")
+    cls: str = Field(alias="class", description="its object class (the captioner's object vocabulary)")
+    box: tuple[float, float, float, float] = Field(description="xyxy in the image's pixels: the region attended "
+                                                   "most when the word was written")
+
+
+class CaptionResponse(BaseModel):
+    method: str
+    caption: str
+    objects: list[CaptionObject]
+    image: ImageInfo
+    elapsed_ms: float
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -307,6 +331,7 @@ def create_app(settings: ServeSettings | None = None,
 
     _add_info_routes(app, settings, served)
     _add_locate_route(app, settings, served)
+    _add_caption_route(app, settings, served)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -354,6 +379,45 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
         except WeakgroundError as exc:
             raise HTTPException(404, str(exc)) from None
         return FileResponse(path, filename=f"{name}{path.suffix}", content_disposition_type="inline")
+
+
+def _caption(loaded: LoadedModel, data: bytes, name: str, deadline: float) -> dict:
+    from weakground.io import read_image_bytes
+
+    start = time.perf_counter()
+    image = read_image_bytes(data, name, channels=3)
+    if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise _Abandoned
+    try:
+        result = loaded.captioner.caption(image)
+    finally:
+        loaded.lock.release()
+    return {"method": loaded.captioner.model.name, "caption": result.caption, "objects": result.objects,
+            "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
+            "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+
+def _add_caption_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
+    """``POST /api/caption``: a grounded caption, when the server was started with ``--caption-checkpoint``."""
+
+    @app.post("/api/caption", response_model=CaptionResponse, response_model_by_alias=True,
+              responses={**ERRORS, 404: {"model": ErrorResponse, "description": "the server has no captioner"}})
+    async def caption(image: Annotated[UploadFile, File(description="the photo")]) -> CaptionResponse:
+        loaded = served()
+        if loaded.captioner is None:
+            raise HTTPException(404, "this server has no captioner: start it with weakground serve "
+                                "--caption-checkpoint FILE")
+        data = await image.read(settings.max_upload_bytes + 1)
+        name = Path(image.filename or "upload").name or "upload"
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"{name}: over the {settings.max_upload_bytes / 2**20:g} MB upload limit")
+        work = asyncio.to_thread(_caption, loaded, data, name, time.monotonic() + settings.timeout_s)
+        try:
+            return CaptionResponse(**await asyncio.wait_for(work, timeout=settings.timeout_s))
+        except (asyncio.TimeoutError, _Abandoned):
+            raise HTTPException(504, f"{name}: no answer within {settings.timeout_s:g} s") from None
+        except InputError as exc:
+            raise HTTPException(415 if getattr(exc, "kind", None) == "format" else 400, str(exc)) from None
 
 
 def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
