@@ -101,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     predictor = load(args.checkpoint, command="retrieve")
-    if not predictor.has_joint_space:
-        raise WeakgroundError(f"{args.checkpoint}: method {predictor.name!r} has no joint image-text space; "
-                              f"retrieval needs a caption method's checkpoint")
+    predictor.require_joint_space()
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint)}
     if args.folder is not None or args.gallery is not None:
         gallery = _gallery(args, predictor)

@@ -176,7 +176,8 @@ class Predictor:
         array, _ = as_image_array(image, self.channels)
         return self.locate_array(array, phrases, threshold)
 
-    def _joint_space(self) -> None:
+    def require_joint_space(self) -> None:
+        """One-line :class:`InputError` unless the method embeds images and texts in one space (retrieval)."""
         if not self.has_joint_space:
             raise InputError(f"{self.source}: method {self.name!r} has no joint image-text space; retrieval "
                              f"needs a caption method's checkpoint")
@@ -187,7 +188,7 @@ class Predictor:
         ``path``); unreadable files are skipped."""
         from weakground.engine import retrieval
 
-        self._joint_space()
+        self.require_joint_space()
         gallery, _ = retrieval.build_gallery(self.model, [Path(p) for p in images], self.source, progress)
         return retrieval.search_text(self.model, gallery, list(texts), k, rerank)
 
@@ -196,7 +197,7 @@ class Predictor:
         from weakground.engine import retrieval
         from weakground.io import image_to_tensor
 
-        self._joint_space()
+        self.require_joint_space()
         array, _ = as_image_array(image, self.channels)
         return retrieval.rank_captions(self.model, image_to_tensor(array), list(captions), k)
 
@@ -272,8 +273,6 @@ def load(source: str | Path = "bridge", *, method: str | None = None, overrides:
         device: where the model runs.
         command: the CLI command named in error messages.
     """
-    import weakground.methods  # noqa: F401  (registers every method)
-
     if _is_path(source):
         path = Path(source)
         model, config = load_checkpoint(path, device, overrides, command)
@@ -323,25 +322,17 @@ class CaptionPredictor:
 
     def caption(self, image: Any, beam: int | None = None) -> GroundedCaption:
         """Write a caption for ``image`` (a path, a PIL image or a uint8 array) and ground its object words."""
-        from PIL import Image
-
-        from weakground.text.vocab import CaptionVocabulary
+        from weakground.regions import resize_square, scale_boxes
 
         array, _ = as_image_array(image, 3)
         size = self.config.data.image_size
-        resized = np.asarray(Image.fromarray(array).resize((size, size), Image.BILINEAR))
+        resized = resize_square(array, size)
         regions = self.encoder(resized[None], [self.regions.boxes(resized, None)])
-        batch = {k: getattr(regions, k) for k in ("features", "positions", "classes", "valid")}
-        (ids, gamma), = self.model.generate(batch, beam)
-        words = CaptionVocabulary(self.model.class_names).words
-        sx, sy = array.shape[1] / size, array.shape[0] / size
-        objects = []
-        for t, w in enumerate(ids):
-            cls = self.model.config.object_words.get(words[w])
-            if cls is not None:
-                x1, y1, x2, y2 = (float(v) for v in regions.boxes[0][int(gamma[t].argmax())])
-                objects.append({"word": words[w], "class": cls, "box": [x1 * sx, y1 * sy, x2 * sx, y2 * sy]})
-        return GroundedCaption(" ".join(words[w] for w in ids), objects)
+        (ids, gamma), = self.model.generate(regions.decoder_inputs(), beam)
+        objects = self.model.grounded_objects(ids, gamma, regions.boxes[0])
+        for obj in objects:  # back from the encoder's square to the image's own pixels
+            obj["box"] = [float(v) for v in scale_boxes(obj["box"], (size, size), array.shape[:2])[0]]
+        return GroundedCaption(" ".join(self.model.class_names[w] for w in ids), objects)
 
 
 def load_captioner(path: Path, device: torch.device | str = "cpu") -> CaptionPredictor:

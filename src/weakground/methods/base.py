@@ -238,6 +238,13 @@ class Captioner(nn.Module):
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
+    def grounded_objects(self, ids: list[int], gamma: Tensor, boxes: Tensor) -> list[dict[str, Any]]:
+        """Each object word among the written ``ids`` (``config.object_words``) with its class and the box of the
+        region of largest gamma at the step that wrote it (``boxes [K, 4]``, the regions' frame)."""
+        words, classes = self.class_names, self.config.object_words
+        return [{"word": words[w], "class": classes[words[w]], "box": [float(v) for v in boxes[int(gamma[t].argmax())]]}
+                for t, w in enumerate(ids) if words[w] in classes]
+
 
 def check_choice(config: Any, key: str, allowed: tuple[str, ...] | list[str], section: str = "method.params") -> None:
     """One-line error when ``<section>.<key>`` is not among ``allowed`` (the settings with a fixed set of values)."""

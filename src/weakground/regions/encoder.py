@@ -56,6 +56,11 @@ class Regions:
             index = slice(index, index + 1)
         return Regions(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def decoder_inputs(self) -> dict[str, Tensor]:
+        """What a captioner reads of its regions (``features``, ``positions``, ``classes``, ``valid``): its boxes
+        stay out, so the box of a region reaches the decoder only as its normalised ``positions``."""
+        return {"features": self.features, "positions": self.positions, "classes": self.classes, "valid": self.valid}
+
     def to(self, *args: Any, **kwargs: Any) -> Regions:
         """Every tensor moved/cast like ``Tensor.to`` (``valid`` stays bool on a dtype cast)."""
         moved = {f.name: getattr(self, f.name).to(*args, **kwargs) for f in fields(self) if f.name != "valid"}

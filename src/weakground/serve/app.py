@@ -263,6 +263,41 @@ def _result(image: Any, grounding: Any, want: dict[str, bool]) -> dict[str, Any]
     return result
 
 
+def _under_lock(loaded: LoadedModel, deadline: float, abandoned: threading.Event, work: Callable[[], Any]) -> Any:
+    """``work()`` with the model to itself: a request queued behind another waits no longer than its own
+    deadline, and one whose client already has its 504 does not spend the model at all."""
+    if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise _Abandoned
+    try:
+        if abandoned.is_set():
+            raise _Abandoned
+        return work()
+    finally:
+        loaded.lock.release()
+
+
+async def _read_upload(image: UploadFile, settings: ServeSettings) -> tuple[bytes, str]:
+    """The uploaded bytes and the file's bare name; 413 past the upload limit."""
+    data = await image.read(settings.max_upload_bytes + 1)
+    name = Path(image.filename or "upload").name or "upload"
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"{name}: over the {settings.max_upload_bytes / 2**20:g} MB upload limit "
+                            "(weakground serve --max-upload-mb)")
+    return data, name
+
+
+async def _answer(work: Any, name: str, settings: ServeSettings, abandoned: threading.Event) -> dict:
+    """The worker's result within ``timeout_s`` (504 past it, the work then dropped); decode errors as 415/400."""
+    try:
+        return await asyncio.wait_for(work, timeout=settings.timeout_s)
+    except (asyncio.TimeoutError, _Abandoned):
+        abandoned.set()
+        raise HTTPException(504, f"{name}: no answer within {settings.timeout_s:g} s (the server is busy or "
+                            "the image is very large; weakground serve --timeout-s)") from None
+    except InputError as exc:
+        raise HTTPException(415 if getattr(exc, "kind", None) == "format" else 400, str(exc)) from None
+
+
 def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float | None,
             want: dict[str, bool], deadline: float, abandoned: threading.Event) -> dict:
     from weakground.io import read_image_bytes
@@ -272,15 +307,7 @@ def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], thr
     predictor = loaded.predictor
     image = read_image_bytes(data, name, channels=predictor.channels)
     threshold = predictor.box_threshold if threshold is None else threshold
-    # Queued behind another request: wait no longer than this request's own deadline.
-    if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        raise _Abandoned
-    try:
-        if abandoned.is_set():  # the client already has its 504: do not spend the model on it
-            raise _Abandoned
-        found = predictor.locate_array(image, phrases, threshold)
-    finally:
-        loaded.lock.release()
+    found = _under_lock(loaded, deadline, abandoned, lambda: predictor.locate_array(image, phrases, threshold))
     return {"method": loaded.name, "threshold": threshold,
             "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
             "results": [_result(image, g, want) for g in found],
@@ -381,17 +408,12 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
         return FileResponse(path, filename=f"{name}{path.suffix}", content_disposition_type="inline")
 
 
-def _caption(loaded: LoadedModel, data: bytes, name: str, deadline: float) -> dict:
+def _caption(loaded: LoadedModel, data: bytes, name: str, deadline: float, abandoned: threading.Event) -> dict:
     from weakground.io import read_image_bytes
 
     start = time.perf_counter()
     image = read_image_bytes(data, name, channels=3)
-    if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        raise _Abandoned
-    try:
-        result = loaded.captioner.caption(image)
-    finally:
-        loaded.lock.release()
+    result = _under_lock(loaded, deadline, abandoned, lambda: loaded.captioner.caption(image))
     return {"method": loaded.captioner.model.name, "caption": result.caption, "objects": result.objects,
             "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
@@ -407,17 +429,10 @@ def _add_caption_route(app: FastAPI, settings: ServeSettings, served: Callable[[
         if loaded.captioner is None:
             raise HTTPException(404, "this server has no captioner: start it with weakground serve "
                                 "--caption-checkpoint FILE")
-        data = await image.read(settings.max_upload_bytes + 1)
-        name = Path(image.filename or "upload").name or "upload"
-        if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"{name}: over the {settings.max_upload_bytes / 2**20:g} MB upload limit")
-        work = asyncio.to_thread(_caption, loaded, data, name, time.monotonic() + settings.timeout_s)
-        try:
-            return CaptionResponse(**await asyncio.wait_for(work, timeout=settings.timeout_s))
-        except (asyncio.TimeoutError, _Abandoned):
-            raise HTTPException(504, f"{name}: no answer within {settings.timeout_s:g} s") from None
-        except InputError as exc:
-            raise HTTPException(415 if getattr(exc, "kind", None) == "format" else 400, str(exc)) from None
+        data, name = await _read_upload(image, settings)
+        abandoned = threading.Event()
+        work = asyncio.to_thread(_caption, loaded, data, name, time.monotonic() + settings.timeout_s, abandoned)
+        return CaptionResponse(**await _answer(work, name, settings, abandoned))
 
 
 def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
@@ -437,26 +452,12 @@ def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[]
     ) -> LocateResponse:
         loaded = served()
         phrases = check_phrases(phrases, settings.max_phrases)
-        data = await image.read(settings.max_upload_bytes + 1)
-        name = Path(image.filename or "upload").name or "upload"
-        if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"{name}: over the {settings.max_upload_bytes / 2**20:g} MB upload limit "
-                                "(weakground serve --max-upload-mb)")
-        deadline = time.monotonic() + settings.timeout_s
+        data, name = await _read_upload(image, settings)
         abandoned = threading.Event()
         want = {"heatmap_png": heatmap_png, "overlay_png": overlay_png, "image_png": image_png}
-        work = asyncio.to_thread(_locate, loaded, data, name, phrases,
-                                 threshold, want, deadline, abandoned)
-        try:
-            result = await asyncio.wait_for(work, timeout=settings.timeout_s)
-        except (asyncio.TimeoutError, _Abandoned):
-            abandoned.set()
-            raise HTTPException(504, f"{name}: no answer within {settings.timeout_s:g} s (the server is busy or "
-                                "the image is very large; weakground serve --timeout-s)") from None
-        except InputError as exc:
-            kind = getattr(exc, "kind", None)
-            raise HTTPException(415 if kind == "format" else 400, str(exc)) from None
-        return LocateResponse(**result)
+        work = asyncio.to_thread(_locate, loaded, data, name, phrases, threshold, want,
+                                 time.monotonic() + settings.timeout_s, abandoned)
+        return LocateResponse(**await _answer(work, name, settings, abandoned))
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

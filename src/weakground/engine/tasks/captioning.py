@@ -58,7 +58,7 @@ def _scaled(box: Any, sx: float, sy: float) -> list[float]:
     return [box.x1 * sx, box.y1 * sy, box.x2 * sx, box.y2 * sy]
 
 
-def _read_split(spec: str, split: str, size: int, max_images: int | None, progress: bool) -> dict[str, Any]:
+def _read_split(spec: str, split: str, size: int, max_images: int | None, progress: bool) -> CaptionSplit:
     """Images resized to ``size`` and their captions' entities, boxes scaled to the resized frame."""
     from tqdm.auto import tqdm
 
@@ -89,8 +89,7 @@ def _read_split(spec: str, split: str, size: int, max_images: int | None, progre
         out["objects"].append(objects)
     if not out["ids"]:
         raise WeakgroundError(f"{spec}: split {split!r} has no readable image with a caption")
-    out["images"] = np.stack(out["images"])
-    return out
+    return CaptionSplit(out["ids"], np.stack(out["images"]), None, out["references"], out["objects"], out["phrases"])
 
 
 # (dataset spec, split, image size, region config) -> Regions: the frozen encoder's output depends on nothing
@@ -98,7 +97,7 @@ def _read_split(spec: str, split: str, size: int, max_images: int | None, progre
 _REGIONS: dict[tuple, Any] = {}
 
 
-def _proposals(split: dict[str, Any], region_config: Any, progress: bool, key: tuple | None = None) -> Any:
+def _proposals(split: CaptionSplit, region_config: Any, progress: bool, key: tuple | None = None) -> Any:
     """Region proposals for every image, then their features (the frozen encoder runs once per image)."""
     if key is not None and key in _REGIONS:
         return _REGIONS[key]
@@ -106,10 +105,10 @@ def _proposals(split: dict[str, Any], region_config: Any, progress: bool, key: t
 
     source = build_source(region_config)
     boxes = []
-    for image, objects in zip(split["images"], split["objects"]):
+    for image, objects in zip(split.images, split.objects):
         truth = [b for bs in objects.values() for b in bs] if source.needs_ground_truth else None
         boxes.append(source.boxes(image, truth))
-    regions = encode_dataset(split["images"], boxes, progress=progress, encoder=RegionEncoder(region_config))
+    regions = encode_dataset(split.images, boxes, progress=progress, encoder=RegionEncoder(region_config))
     if key is not None:
         _REGIONS[key] = regions
     return regions
@@ -142,10 +141,10 @@ def _grounder_boxes(checkpoint: str, images: np.ndarray, phrases: list[list[list
     out = []
     for image, captions in tqdm(list(zip(images, phrases)), disable=not progress, desc="grounder targets",
                                 leave=False):
-        texts = sorted({text for c in captions for text, _, _ in c if text.strip()})
-        found = {g.phrase: g for g in grounder.locate_array(image, texts)} if texts else {}
-        out.append([[list(found[" ".join(t.split())].boxes[0]) for t, _, _ in c
-                     if t.strip() and found[" ".join(t.split())].boxes] for c in captions])
+        texts = sorted({" ".join(text.split()) for c in captions for text, _, _ in c if text.strip()})
+        found = {g.phrase: g.boxes for g in grounder.locate_array(image, texts)} if texts else {}
+        per_caption = [[found[" ".join(t.split())] for t, _, _ in c if t.strip()] for c in captions]
+        out.append([[list(boxes[0]) for boxes in c if boxes] for c in per_caption])
     return out
 
 
@@ -178,8 +177,7 @@ def caption_batches(data: CaptioningData, batch_size: int, rng: np.random.Genera
         tokens = torch.zeros(len(chosen), width, dtype=torch.long)
         for row, (_, ids, _) in enumerate(chosen):
             tokens[row, :len(ids)] = torch.tensor(ids)
-        batch = {"features": regions.features[idx], "positions": regions.positions[idx],
-                 "classes": regions.classes[idx], "valid": regions.valid[idx], "tokens": tokens}
+        batch = {**regions[idx].decoder_inputs(), "tokens": tokens}
         if chosen[0][2] is not None:  # only when L_gnd trains: the one place a box-derived value enters a batch
             batch["grounding_targets"] = torch.from_numpy(np.stack([s[2] for s in chosen]))
         yield batch
@@ -193,22 +191,8 @@ def decode(model: Any, split: CaptionSplit, beam: int, limit: int | None = None,
     out = []
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
-        out += model.generate({"features": regions.features[sl], "positions": regions.positions[sl],
-                               "classes": regions.classes[sl], "valid": regions.valid[sl]}, beam)
+        out += model.generate(regions[sl].decoder_inputs(), beam)
     return out
-
-
-def grounded_words(model: Any, split: CaptionSplit, outputs: list[tuple[list[int], torch.Tensor]]
-                   ) -> list[list[dict[str, Any]]]:
-    """Per image, each object word written: ``{"word", "class", "box"}``, the box being the region of largest
-    gamma at the step that wrote it."""
-    words, classes = model.class_names, model.config.object_words
-    found = []
-    for i, (ids, gamma) in enumerate(outputs):
-        found.append([{"word": words[w], "class": classes[words[w]],
-                       "box": [float(v) for v in split.regions.boxes[i][int(gamma[t].argmax())]]}
-                      for t, w in enumerate(ids) if words[w] in classes])
-    return found
 
 
 def caption_report(model: Any, split: CaptionSplit, beam: int, limit: int | None = None,
@@ -223,7 +207,7 @@ def caption_report(model: Any, split: CaptionSplit, beam: int, limit: int | None
     candidates = {i: " ".join(vocab.decode(o[0])) or "<empty>" for i, o in zip(ids, outputs)}
     references = {i: refs for i, refs in zip(ids, split.references)}
     report = {"captions": caption_scores(references, candidates, metrics=metrics), "n_images": len(ids)}
-    words = grounded_words(model, split, outputs)
+    words = [model.grounded_objects(o[0], o[1], split.regions.boxes[i]) for i, o in enumerate(outputs)]
     generated = {i: [(w["class"], w["box"]) for w in ws] for i, ws in zip(ids, words)}
     # GVD's protocol exactly: each reference caption's annotated object words, and what each caption mentions
     truth = {i: [[(cls, bs) for _, cls, bs in cap if cls and bs] for cap in caps] for i, caps in zip(ids, split.phrases)}
@@ -272,9 +256,7 @@ class Captioning(Task):
         limits = {"val": max(1, config.data.n_val)}
         splits = {}
         for name in ["train", "val", "test", *extra_test_splits(config.data)]:
-            raw = _read_split(spec, name, config.data.image_size, limits.get(name), progress)
-            splits[name] = CaptionSplit(raw["ids"], raw["images"], None, raw["references"], raw["objects"],
-                                        raw["phrases"])
+            splits[name] = _read_split(spec, name, config.data.image_size, limits.get(name), progress)
         return CaptioningData(spec, splits, [])
 
     def check_method(self, model: Any, config: ExperimentConfig) -> None:
@@ -294,8 +276,7 @@ class Captioning(Task):
         region_config = RegionConfig(**params.regions)
         for name, split in self._data.splits.items():
             key = (self._data.spec, name, config.data.image_size, repr(region_config))
-            split.regions = _proposals({"images": split.images, "objects": split.objects}, region_config, progress,
-                                       key)
+            split.regions = _proposals(split, region_config, progress, key)
         self._data.samples = _samples(params, config, self._data.splits["train"], CaptionVocabulary(self._words),
                                       progress)
         return self._data
@@ -352,14 +333,11 @@ def evaluate_captioner(model: Any, config: ExperimentConfig, split: str = "test"
     """``weakground eval --checkpoint CAPTIONER``: read ``split`` of the checkpoint's own dataset, propose and
     encode its regions as training did, and score :func:`caption_report` with the checkpoint's beam."""
     from weakground.data.sources import dataset_spec
-    from weakground.regions import RegionConfig
 
     spec = dataset_spec(config.data, progress)
-    raw = _read_split(spec, split, config.data.image_size, max_images, progress)
-    region_config = RegionConfig(**model.config.regions)
-    regions = _proposals(raw, region_config, progress)
-    data = CaptionSplit(raw["ids"], raw["images"], regions, raw["references"], raw["objects"], raw["phrases"])
+    data = _read_split(spec, split, config.data.image_size, max_images, progress)
+    data.regions = _proposals(data, model.region_config, progress)
     report = caption_report(model, data, beam=model.config.beam)
-    report.update({"beam": model.config.beam, "regions": {"source": region_config.source,
-                                                          "oracle": region_config.source == "oracle"}})
+    source = model.region_config.source
+    report.update({"beam": model.config.beam, "regions": {"source": source, "oracle": source == "oracle"}})
     return report
