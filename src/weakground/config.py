@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, where)
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if annotation is float:
+        # A hand-edited config or checkpoint may hold "high" or NaN; either would only fail deep inside a run.
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation in (int, str, bool):
         if type(value) is not annotation:

@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", metavar="NAME", help="use a bundled real photo instead of a file (astronaut, chelsea, "
                    "coffee, rocket, motorcycle, china, flower, grace_hopper, camera); every argument is a phrase")
     p.add_argument("--phrases", dest="phrase_file", type=Path, help="a UTF-8 file with one phrase a line")
-    p.add_argument("--out", type=Path, help="overlay figure (default: overlay.png), or with --folder the "
-                   "folder for one overlay per image (default: overlays/)")
+    p.add_argument("--out", type=Path, help="overlay figure (default: runs/locate/IMAGE_STEM.png), or with "
+                   "--folder the folder for one overlay per image (default: runs/locate/)")
     p.add_argument("--threshold", type=float, help="box threshold as a fraction of the peak (default: the "
                    "checkpoint's, else 0.5)")
     add_overrides(p, "how the model reads images: with --checkpoint data.eval_resize=BOOL or eval.shift_average=N; "
@@ -51,6 +51,11 @@ def gather_phrases(args: argparse.Namespace) -> list[str]:
     if not phrases:
         raise WeakgroundError("no phrase to ground: give phrases after the image, or --phrases FILE")
     return check_phrases(phrases)
+
+
+def default_overlay(image: Path) -> Path:
+    """Where an overlay goes without --out: under runs/, never over a file in the current folder."""
+    return Path("runs") / "locate" / f"{image.stem}.png"
 
 
 def locate_one(predictor: Any, path: Path, phrases: list[str], threshold: float | None, out: Path) -> dict:
@@ -105,13 +110,13 @@ def run(args: argparse.Namespace) -> int:
     predictor = load(args.checkpoint if args.checkpoint is not None else (args.method or "bridge"),
                      method=args.method if args.checkpoint is not None else None, overrides=args.overrides)
     if images is None:
-        report = locate_one(predictor, args.image, phrases, args.threshold, args.out or Path("overlay.png"))
+        report = locate_one(predictor, args.image, phrases, args.threshold, args.out or default_overlay(args.image))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:
             print_located(report)
         return 0
-    out_dir = args.out or Path("overlays")
+    out_dir = args.out or Path("runs") / "locate"
     reports, failures = [], 0
     for path in images:
         try:

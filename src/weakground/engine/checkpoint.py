@@ -124,6 +124,10 @@ def load_weights(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -
             raise CheckpointError(
                 f"{path}: checkpoint does not match the model ({k!r} is {tuple(v.shape)}, model has {tuple(own[k].shape)})"
             )
+    for k, v in state.items():
+        # NaN or Inf weights would answer every phrase with "peak nan" and exit 0; refuse them at the door.
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: checkpoint tensor {k!r} holds non-finite values (NaN or Inf)")
     model.load_state_dict(state, strict=not getattr(model, "frozen_modules", ()))
 
 

@@ -101,6 +101,10 @@ def check_phrases(phrases: Sequence[str], max_phrases: int | None = None) -> lis
             raise InputError(f"phrase {i} is {len(phrase):,} characters long; the limit is {MAX_PHRASE_CHARS:,}")
         if any(ord(c) < 32 and c not in "\t\n\r" for c in phrase):
             raise InputError(f"phrase {i} contains control characters")
+        if any("\ud800" <= c <= "\udfff" for c in phrase):
+            # Python turns bytes that are not UTF-8 (a latin-1 shell, a binary file) into lone surrogates;
+            # grounding that text would silently look for a different phrase than the one typed.
+            raise InputError(f"phrase {i} is not valid UTF-8 text")
     return [" ".join(p.split()) for p in phrases]
 
 
@@ -235,8 +239,16 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", overrides: S
     config = config_from_json(json.dumps(meta["config"]), f"{path} (saved config)")
     if config.method.name != meta["method"]:
         raise CheckpointError(f"{path}: metadata names method {meta['method']!r} but its config {config.method.name!r}")
+    names = meta["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: checkpoint metadata 'class_names' must be a list of strings, got {names!r:.60}")
     config = override_config(config, overrides, CHECKPOINT_POLICY, command)
-    model = build_trained_method(config, meta["class_names"])
+    try:
+        model = build_trained_method(config, names)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # A hand-edited config (a negative size, a string where a number belongs) fails inside a constructor.
+        raise CheckpointError(f"{path}: its saved config cannot build method {config.method.name!r} "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     load_weights(path, model, state)
     return model.to(device).eval(), config
 
