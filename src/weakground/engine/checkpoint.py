@@ -2,8 +2,11 @@
 
 A checkpoint is one file, ``<name>.safetensors``, whose metadata holds the JSON config, the method name, the
 class names and the training state; ``<name>.json`` beside it is a human-readable copy of that metadata. For
-``--resume``, ``<name>.optim.safetensors`` holds the optimizer state flattened into tensors. Every file is
-written to a temporary name and moved into place with ``os.replace``, so a crash never leaves half a checkpoint.
+``--resume`` the optimizer state travels inside the same file (tensors under :data:`OPTIMIZER_PREFIX`, their
+layout in the metadata), so weights, optimizer and epoch are written by one ``os.replace`` and a kill can never
+pair one epoch's weights with another's optimizer. (Checkpoints written before this kept the optimizer in a
+``<name>.optim.safetensors`` sidecar; it is still read when the file holds none.) Every file is written to a
+temporary name, fsynced and moved into place, and the folder fsynced after, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 from weakground.errors import CheckpointError
 
 FORMAT_VERSION = 1
+# Optimizer tensors share the checkpoint file under this prefix; no module name starts with it.
+OPTIMIZER_PREFIX = "__optimizer__."
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -34,6 +39,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX keeps it in the folder's entry, not the file's data)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without folder handles: the rename is as durable as the OS makes it
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the ``.<name>.*.tmp`` files a killed save left in ``folder``; returns how many."""
+    stale = list(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -67,11 +95,15 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimize
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in checkpointed_state(model).items()}
     meta = {"format_version": FORMAT_VERSION, **meta}
-    atomic_write_bytes(path, save(state, metadata={"weakground": json.dumps(meta)}))
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    stored = dict(meta)
     if optimizer is not None:
         tensors, layout = _flatten_optimizer(optimizer.state_dict())
-        atomic_write_bytes(path.with_suffix(".optim.safetensors"), save(tensors, metadata={"layout": json.dumps(layout)}))
+        state.update({OPTIMIZER_PREFIX + k: v for k, v in tensors.items()})
+        stored["optimizer_layout"] = layout
+    atomic_write_bytes(path, save(state, metadata={"weakground": json.dumps(stored)}))
+    # A sidecar from an older save would now describe another epoch: the file above is the whole truth.
+    path.with_suffix(".optim.safetensors").unlink(missing_ok=True)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -105,7 +137,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; weakground {__version__} reads "
                               f"version {FORMAT_VERSION} only")
-    return state, meta
+    return {k: v for k, v in state.items() if not k.startswith(OPTIMIZER_PREFIX)}, meta
 
 
 def load_weights(path: Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -144,21 +176,31 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
 
 
 def load_optimizer_state(path: Path, optimizer: Any) -> bool:
-    """Restore the optimizer saved beside checkpoint ``path``; False when there is none."""
+    """Restore the optimizer saved in checkpoint ``path`` (or, for older checkpoints, beside it); False when
+    there is none."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    opt_path = Path(path).with_suffix(".optim.safetensors")
-    if not opt_path.is_file():
-        return False
-    tensors = load_file(str(opt_path))
-    with safe_open(str(opt_path), "pt") as f:
-        layout = json.loads(f.metadata()["layout"])
+    path = Path(path)
+    with safe_open(str(path), "pt") as f:
+        layout = json.loads((f.metadata() or {}).get("weakground", "{}")).get("optimizer_layout")
+    if layout is not None:
+        tensors = {k[len(OPTIMIZER_PREFIX):]: v for k, v in load_file(str(path)).items() if k.startswith(OPTIMIZER_PREFIX)}
+    else:
+        opt_path = path.with_suffix(".optim.safetensors")
+        if not opt_path.is_file():
+            return False
+        tensors = load_file(str(opt_path))
+        with safe_open(str(opt_path), "pt") as f:
+            layout = json.loads(f.metadata()["layout"])
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     for idx, entries in layout["scalars"].items():
         state.setdefault(int(idx), {}).update(entries)
-    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this run ({exc})") from None
     return True

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from weakground.config import TrainConfig
-from weakground.engine.checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
+from weakground.engine.checkpoint import (load_optimizer_state, load_weights, read_checkpoint, remove_stale_temporaries,
+                                         save_checkpoint)
 from weakground.errors import ConfigError
 
 Batch = dict[str, Any]  # tensors (moved to the device) and, for caption methods, "captions": list[str]
@@ -108,7 +109,10 @@ class Trainer:
         optimizer = self._optimizer()
         start_epoch, history, best = self._resume(optimizer) if resume and self.last_path.is_file() else (0, [], None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = _StepLog(self.run_dir / f"{self.stage}_log.csv", self._tensorboard(), self.stage)
+        remove_stale_temporaries(self.last_path.parent)
+        log_path = self.run_dir / f"{self.stage}_log.csv"
+        truncate_log(log_path, start_epoch)
+        log = _StepLog(log_path, self._tensorboard(), self.stage)
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
@@ -194,9 +198,10 @@ class Trainer:
         if improved:
             best = dict(record)
         meta = {**self.meta, "stage": self.stage, "train_state": {"epoch": epoch + 1, "history": history, "best": best}}
+        # `last` first: a kill between the two then leaves a resumable run whose best is one epoch stale at worst.
+        save_checkpoint(self.last_path, self.model, meta, optimizer)
         if improved:
             save_checkpoint(self.best_path, self.model, meta)
-        save_checkpoint(self.last_path, self.model, meta, optimizer)
         return best
 
     @staticmethod
@@ -212,6 +217,24 @@ class Trainer:
             print("tensorboard is not installed (pip install weakground[tensorboard]); logging to CSV only")
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+
+def truncate_log(path: Path, epochs_done: int) -> None:
+    """Drop the step-log rows of epochs after ``epochs_done`` (a killed epoch's rows, which the resumed run
+    writes again), so the log has each step once; a fresh run (``epochs_done`` 0) starts an empty log."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = list(rows[0]) if rows else []
+    kept = [r for r in rows if epochs_done and str(r.get("epoch", "")).isdigit() and int(r["epoch"]) <= epochs_done]
+    if len(kept) == len(rows) and epochs_done:
+        return
+    with open(path, "w", newline="") as f:
+        if kept:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
 
 
 class _StepLog:
