@@ -184,3 +184,23 @@ def test_init_from_refuses_the_wrong_checkpoint_before_writing(trained, tmp_path
         code, _, err = run(capsys, *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not run_dir.exists()
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(trained, capsys):
+    args = ["train", "--out", trained, "--no-progress", "--resume", "--preset", "quickstart"]
+    changed = [o for o in TINY if not o.startswith("train.batch_size")]
+    for o in changed:
+        args += ["--set", o]
+    code, _, err = run(capsys, *args)  # batch size silently back to the preset's: refused
+    assert code != 0 and "--resume under a changed config" in err and "train.batch_size: 16 ->" in err
+    assert len(err.strip().splitlines()) == 1
+    saved = json.loads((trained / "config.json").read_text())
+    assert saved["train"]["batch_size"] == 16  # the run's config.json was not overwritten
+
+
+def test_resume_accepts_a_change_asked_for_with_set(trained, capsys):
+    args = ["train", "--out", trained, "--no-progress", "--resume"]
+    for o in TINY:
+        args += ["--set", o]
+    code, out, _ = run(capsys, *args, "--set", "eval.batch_size=4")  # explicitly set: allowed
+    assert code == 0 and "resumed train" in out

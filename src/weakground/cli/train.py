@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.preset, args.overrides)
     out = args.out or Path("runs") / config.name
-    report = run_experiment(config, out, resume=args.resume, progress=not args.no_progress)
+    # What the user --set on purpose may differ from the run being resumed; anything else is refused.
+    explicit = [o.split("=", 1)[0].strip() for o in args.overrides]
+    report = run_experiment(config, out, resume=args.resume, progress=not args.no_progress, allowed_changes=explicit)
     task_for(config).print_summary(config, report, out)
     print(f"checkpoint: {report['train']['checkpoint']}")
     return 0

@@ -15,7 +15,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -94,13 +94,51 @@ def _train(task: Task, model: Grounder, config: ExperimentConfig, data: Any, run
     return trainer, result
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def check_resumed_config(config: ExperimentConfig, run_dir: Path, allowed: Sequence[str] = ()) -> None:
+    """Refuse to resume ``run_dir`` under a config that differs from the one it was started with, unless each
+    differing key (or a section above it) is in ``allowed`` (the keys the user ``--set`` on purpose).
+
+    Raises:
+        ConfigError: naming the differing keys with their saved and new values.
+    """
+    saved_path = Path(run_dir) / "config.json"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = _flatten(json.loads(saved_path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{saved_path}: cannot read the run's saved config ({exc})") from None
+    new = _flatten(to_dict(config))
+    allowed_prefixes = tuple(allowed)
+    differ = [k for k in sorted(set(saved) | set(new)) if saved.get(k, "<absent>") != new.get(k, "<absent>")
+              and not any(k == a or k.startswith(f"{a}.") for a in allowed_prefixes)]
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise ConfigError(f"{run_dir}: --resume under a changed config ({shown}{more}); pass the same preset and "
+                          f"--set, or --set each changed key explicitly to mean it")
+
+
 def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-                   figure: bool = True) -> dict[str, Any]:
-    """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` (and figures)."""
+                   figure: bool = True, allowed_changes: Sequence[str] = ()) -> dict[str, Any]:
+    """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` (and figures).
+    With ``resume``, a config that differs from the run's saved one is refused unless its differing keys are in
+    ``allowed_changes`` (:func:`check_resumed_config`)."""
     t0 = time.time()
+    run_dir = Path(run_dir)
+    if resume:
+        check_resumed_config(config, run_dir, allowed_changes)
     task, model, init_from = _build(config, progress)
     data = task.load_data(config, progress)
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
     report: dict[str, Any] = {"name": config.name, "method": config.method.name, "task": task.name,
