@@ -25,7 +25,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from weakground.data.parsing import ProblemLog, checked_box, load_json, normalize_text, require_dir
+from weakground.data.parsing import (
+    ProblemLog,
+    checked_box,
+    image_path,
+    image_size,
+    is_file,
+    load_json,
+    normalize_text,
+    require_dir,
+)
 from weakground.data.types import Box, Caption, ImageRecord, Phrase, ReadResult
 from weakground.errors import WeakgroundError
 
@@ -93,18 +102,21 @@ def _read_split(root: Path, annotations: Path, split: str, records: dict[str, Im
     skipped: set[str] = set()  # images already reported; their captions and boxes go with them, uncounted
     for i, entry in enumerate(images):
         try:
-            image_id, file_name = str(entry["id"]), str(entry["file_name"])
-            width, height = int(entry["width"]), int(entry["height"])
-            if width <= 0 or height <= 0:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            log.add(captions_path, None, "malformed image entry", f"images[{i}]: needs id, file_name, width, height")
+            image_id, file_name = str(entry["id"]), entry["file_name"]
+            width, height = image_size(entry["width"], entry["height"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.add(captions_path, None, "malformed image entry",
+                    f"images[{i}]: needs id, file_name, width, height" + (f" ({exc})" if str(exc) else ""))
             continue
         if image_id in records or image_id in here:
-            log.add(captions_path, None, "duplicate image id", f"images[{i}]: id {image_id}")
+            log.add(captions_path, None, "duplicate image id", f"images[{i}]: id {image_id[:80]}")
             continue
-        path = image_dir / file_name
-        if check_images and not path.is_file():
+        try:
+            path = image_path(image_dir, file_name)
+        except ValueError as exc:
+            log.add(captions_path, None, "unsafe image file name", f"images[{i}]: {exc}")
+            continue
+        if check_images and not is_file(path):
             log.add(path, None, "image file missing", f"images[{i}]: id {image_id}")
             skipped.add(image_id)
             continue
@@ -137,15 +149,18 @@ def _read_instances(path: Path, records: dict[str, ImageRecord], skipped: set[st
     for i, cat in enumerate(_entries(data, "categories", path)):
         try:
             names[int(cat["id"])] = str(cat["name"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: an id of 1e999 (infinity)
             log.add(path, None, "malformed category entry", f"categories[{i}]: needs an integer id and a name")
     grouped: dict[str, dict[int, list[Box]]] = {}
     for j, entry in enumerate(_entries(data, "annotations", path)):
         where = f"annotations[{j}] (id {entry.get('id') if isinstance(entry, dict) else '?'})"
         try:
             image_id, category = str(entry["image_id"]), int(entry["category_id"])
+            if not isinstance(entry["bbox"], list):  # a string "1234" would otherwise unpack as four digits
+                raise TypeError
             x, y, w, h = (float(v) for v in entry["bbox"])
-        except (KeyError, TypeError, ValueError):
+        # OverflowError: an infinite id, or an integer too large for a float
+        except (KeyError, TypeError, ValueError, OverflowError):
             log.add(path, None, "malformed instance entry", f"{where}: needs image_id, category_id, bbox [x, y, w, h]")
             continue
         if image_id in skipped:

@@ -9,6 +9,7 @@ Numpy/stdlib only, never models or torch.
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,17 @@ __all__ = [
     "require_dir",
     "read_split_ids",
     "normalize_text",
+    "image_size",
+    "image_path",
+    "is_file",
+    "MAX_IMAGE_SIDE",
 ]
+
+# Larger than any real photo (the biggest in these datasets are a few thousand pixels); a size beyond it is a
+# corrupt or hostile entry, and accepting it would let boxes of any size through the outside-the-image check.
+MAX_IMAGE_SIDE = 100_000
+# Most file systems refuse longer names with OSError; refusing them here turns that into a recorded problem.
+_MAX_NAME = 255
 
 
 # ---------------------------------------------------------------------------------- shared reader machinery
@@ -82,6 +93,50 @@ def _join(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def image_size(width: Any, height: Any) -> tuple[int, int]:
+    """``(width, height)`` as whole pixels; ValueError unless both are finite numbers in 1..MAX_IMAGE_SIDE.
+
+    Bools and strings are refused: JSON ``true`` or ``"32"`` as a size is a broken entry, not a size.
+    """
+    sides = []
+    for side in (width, height):
+        if isinstance(side, bool) or not isinstance(side, (int, float)) or not math.isfinite(side):
+            raise ValueError(f"size {width!r}x{height!r} is not two finite numbers")
+        if not 0 < side <= MAX_IMAGE_SIDE:
+            raise ValueError(f"size {width!r}x{height!r} is outside 1..{MAX_IMAGE_SIDE} pixels")
+        sides.append(int(side))
+    return sides[0], sides[1]
+
+
+def image_path(image_dir: Path, name: Any) -> Path:
+    """``image_dir / name``; ValueError when ``name`` is not a plain relative path that stays inside the folder.
+
+    Annotation files are downloads: a ``file_name`` of ``/etc/passwd`` or ``../../x`` must not make a reader
+    (or a later copy or decode of ``record.path``) touch files outside the dataset.
+    """
+    if not isinstance(name, (str, int)) or isinstance(name, bool):
+        raise ValueError(f"file name {name!r} is not a string")
+    text = str(name)
+    if not text or "\0" in text or Path(text).is_absolute() or text.startswith(("/", "\\")):
+        raise ValueError(f"file name {text[:80]!r} is empty or absolute")
+    if any(len(part) > _MAX_NAME for part in Path(text).parts):
+        raise ValueError(f"file name {text[:40]!r}... is longer than {_MAX_NAME} characters")
+    # Checked on the text, not with resolve(): images folders are often symlinks into shared storage, and
+    # following them would refuse every file of such a dataset.
+    normal = os.path.normpath(text.replace("\\", "/"))
+    if normal == "." or normal == ".." or normal.startswith("../"):
+        raise ValueError(f"file name {text[:80]!r} leaves the image folder")
+    return image_dir / text
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, but ``False`` instead of OSError for a name the file system refuses."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def require_dir(path: Path, what: str) -> Path:
     """``path`` if it is a directory, else a WeakgroundError naming it (a fatal problem)."""
     if not path.is_dir():
@@ -104,6 +159,8 @@ def load_json(path: Path, what: str = "JSON file") -> Any:
         raise WeakgroundError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
     except UnicodeDecodeError as exc:
         raise WeakgroundError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:  # an integer with thousands of digits, or nesting too deep
+        raise WeakgroundError(f"{path}: malformed JSON ({str(exc)[:100]})") from None
     except OSError as exc:
         raise WeakgroundError(f"{path}: cannot read ({exc.strerror})") from None
 

@@ -32,7 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weakground.data.parsing import ProblemLog, checked_box, load_json, normalize_text, require_dir
+from weakground.data.parsing import (
+    ProblemLog,
+    checked_box,
+    image_path,
+    image_size,
+    is_file,
+    load_json,
+    normalize_text,
+    require_dir,
+)
 from weakground.data.types import Box, Caption, ImageRecord, Phrase, ReadResult
 from weakground.errors import WeakgroundError
 
@@ -124,7 +133,8 @@ def _load_instances(path: Path) -> dict[str, Any]:
 
 
 def _check_split(refs: list[Any], split: str, refs_path: Path) -> None:
-    splits = {ref.get("split") for ref in refs if isinstance(ref, dict)}
+    # Only string splits can match; a list or dict there (unhashable) is a malformed ref, reported when read.
+    splits = {ref.get("split") for ref in refs if isinstance(ref, dict) and isinstance(ref.get("split"), str)}
     if split != "all" and split not in splits:
         known = ", ".join(sorted(str(s) for s in splits)) or "none"
         raise WeakgroundError(f"{refs_path}: no ref has split {split!r}; splits present: {known}")
@@ -206,21 +216,29 @@ class _Instances:
         self.path, self.log = path, log
         self.images = {str(e.get("id")): (i, e) for i, e in enumerate(data["images"]) if isinstance(e, dict)}
         self.annotations = {str(e.get("id")): e for e in data["annotations"] if isinstance(e, dict)}
-        self.categories = {str(c.get("id")): str(c.get("name")) for c in data.get("categories") or []
+        categories = data.get("categories") or []
+        if not isinstance(categories, list):  # optional, so a wrong type loses the names, not the dataset
+            log.add(path, None, "malformed categories", f"'categories' is a {type(categories).__name__}, not a list")
+            categories = []
+        self.categories = {str(c.get("id")): str(c.get("name")) for c in categories
                            if isinstance(c, dict) and c.get("name") is not None}
         self._boxes: dict[str, Box | None] = {}
 
     def record(self, image_id: str, image_dir: Path, check_images: bool) -> ImageRecord | None:
         index, entry = self.images[image_id]
         try:
-            file_name, width, height = str(entry["file_name"]), int(entry["width"]), int(entry["height"])
-            if width <= 0 or height <= 0:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            self.log.add(self.path, None, "malformed image entry", f"images[{index}]: needs file_name, width, height")
+            file_name = entry["file_name"]
+            width, height = image_size(entry["width"], entry["height"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self.log.add(self.path, None, "malformed image entry",
+                         f"images[{index}]: needs file_name, width, height" + (f" ({exc})" if str(exc) else ""))
             return None
-        path = image_dir / file_name
-        if check_images and not path.is_file():
+        try:
+            path = image_path(image_dir, file_name)
+        except ValueError as exc:
+            self.log.add(self.path, None, "unsafe image file name", f"images[{index}]: {exc}")
+            return None
+        if check_images and not is_file(path):
             self.log.add(path, None, "image file missing", f"image {image_id}")
             return None
         return ImageRecord(image_id, path, width, height)
@@ -229,8 +247,11 @@ class _Instances:
         if ann_id not in self._boxes:
             where = f"annotation id {ann_id}"
             try:
-                x, y, w, h = (float(v) for v in self.annotations[ann_id]["bbox"])
-            except (KeyError, TypeError, ValueError):
+                bbox = self.annotations[ann_id]["bbox"]
+                if not isinstance(bbox, list):  # a string "1234" would otherwise unpack as four digits
+                    raise TypeError
+                x, y, w, h = (float(v) for v in bbox)
+            except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: an int too big for a float
                 self.log.add(self.path, None, "malformed box", f"{where}: needs bbox [x, y, w, h]")
                 self._boxes[ann_id] = None
             else:

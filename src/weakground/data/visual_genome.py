@@ -24,6 +24,9 @@ from typing import Any
 from weakground.data.parsing import (
     ProblemLog,
     checked_box,
+    image_path,
+    image_size,
+    is_file,
     load_json,
     normalize_text,
     read_split_ids,
@@ -107,7 +110,7 @@ def _image_data(path: Path) -> dict[str, tuple[int, int, str | None]]:
         try:
             image_id = str(entry.get("image_id", entry.get("id")))
             width, height = int(entry["width"]), int(entry["height"])
-        except (AttributeError, KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e999
             continue
         url = entry.get("url")
         parts = url.rstrip("/").split("/") if isinstance(url, str) else []
@@ -118,10 +121,14 @@ def _image_data(path: Path) -> dict[str, tuple[int, int, str | None]]:
 
 def _record(root: Path, image_id: str, size: tuple[int, int, str | None] | None, log: ProblemLog,
             check_images: bool) -> ImageRecord | None:
-    candidates = [root / d / f"{image_id}.jpg" for d in _IMAGE_DIRS]
-    if size is not None and size[2] is not None:
-        candidates.insert(0, root / size[2])
-    path = next((p for p in candidates if p.is_file()), None)
+    try:  # the id becomes a file name: "../../x" or 300 characters must not reach the file system
+        candidates = [image_path(root / d, f"{image_id}.jpg") for d in _IMAGE_DIRS]
+        if size is not None and size[2] is not None:
+            candidates.insert(0, image_path(root, size[2]))
+    except ValueError as exc:
+        log.add(root, None, "unsafe image file name", f"image {image_id[:80]}: {exc}")
+        return None
+    path = next((p for p in candidates if is_file(p)), None)
     if path is None and (check_images or size is None):
         log.add(candidates[0], None, "image file missing",
                 f"image {image_id}" + ("" if size is not None else "; no size in image_data.json either"))
@@ -134,8 +141,10 @@ def _record(root: Path, image_id: str, size: tuple[int, int, str | None] | None,
         if header is None:
             return None
         width, height = header
-    if width <= 0 or height <= 0:
-        log.add(path, None, "invalid image size", f"image {image_id}: {width}x{height}")
+    try:
+        width, height = image_size(width, height)
+    except ValueError as exc:
+        log.add(path, None, "invalid image size", f"image {image_id}: {exc}")
         return None
     return ImageRecord(image_id, path, width, height)
 
@@ -157,7 +166,7 @@ def _caption(region: Any, record: ImageRecord, path: Path, where: str, log: Prob
         x, y, w, h = (float(region[k]) for k in ("x", "y", "width", "height"))
         if not isinstance(phrase, str):
             raise TypeError
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: an int too big for a float
         log.add(path, None, "malformed region", f"{where}: needs phrase, x, y, width, height")
         return None
     where = f"{where} (region_id {region.get('region_id')})"
