@@ -55,6 +55,7 @@ def test_health_methods_and_demo_photos(client):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["method"] == "bridge"
     assert health["max_upload_bytes"] == 2 * 1024 * 1024 and health["max_phrase_chars"] == 1000
+    assert health["captioner"] is None  # this server was started without --caption-checkpoint
     methods = client.get("/api/methods").json()
     assert methods["served"] == "bridge"
     by_name = {m["name"]: m for m in methods["methods"]}

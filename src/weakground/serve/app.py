@@ -107,6 +107,8 @@ class HealthResponse(BaseModel):
     timeout_s: float
     max_phrases: int
     max_phrase_chars: int
+    captioner: str | None = Field(None, description="the captioner behind POST /api/caption (null: none; start "
+                                  "the server with --caption-checkpoint)")
 
 
 class MethodInfo(BaseModel):
@@ -374,9 +376,11 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
     async def health() -> HealthResponse:
         from weakground.engine.inference import MAX_PHRASE_CHARS
 
-        return HealthResponse(status="ok", method=served().name, version=__version__,
+        loaded = served()
+        return HealthResponse(status="ok", method=loaded.name, version=__version__,
                               max_upload_bytes=settings.max_upload_bytes, timeout_s=settings.timeout_s,
-                              max_phrases=settings.max_phrases, max_phrase_chars=MAX_PHRASE_CHARS)
+                              max_phrases=settings.max_phrases, max_phrase_chars=MAX_PHRASE_CHARS,
+                              captioner=loaded.captioner.model.name if loaded.captioner is not None else None)
 
     @app.get("/api/methods", response_model=MethodsResponse)
     async def methods() -> MethodsResponse:
