@@ -16,7 +16,8 @@ def test_help_imports_no_web_framework():
     assert out.strip() == "[]"
     help_text = subprocess.run([sys.executable, "-m", "weakground", "serve", "--help"], capture_output=True,
                                text=True, check=True).stdout
-    for flag in ("--host", "--port", "--method", "--checkpoint", "--max-upload-mb", "--timeout-s"):
+    for flag in ("--host", "--port", "--method", "--checkpoint", "--max-upload-mb", "--timeout-s", "--max-queue",
+                 "--work-side"):
         assert flag in help_text
 
 
@@ -24,6 +25,8 @@ def test_help_imports_no_web_framework():
     (["--port", "70000"], "--port 70000: must lie in 0..65535"),
     (["--max-upload-mb", "0"], "--max-upload-mb 0: must be > 0"),
     (["--timeout-s", "-1"], "--timeout-s -1: must be > 0"),
+    (["--max-queue", "0"], "--max-queue 0: must be >= 1"),
+    (["--work-side", "10"], "--work-side 10: must be >= 64 pixels"),
     (["--checkpoint", "missing.safetensors"], "checkpoint file not found"),
     (["--method", "nope"], "unknown method 'nope'"),
     (["--method", "mcb_attention"], "must be trained first"),

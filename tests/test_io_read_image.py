@@ -98,3 +98,49 @@ def test_image_to_tensor_shapes():
     assert tuple(image_to_tensor(np.zeros((5, 7), np.uint8)).shape) == (1, 1, 5, 7)
     t = image_to_tensor(np.full((5, 7, 3), 255, np.uint8))
     assert tuple(t.shape) == (1, 3, 5, 7) and float(t.max()) == 1.0
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    import io as _io
+
+    buf = _io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _bounded_cases():
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray((rng.random((300, 450, 3)) * 255).astype(np.uint8))
+    deep = (rng.random((300, 450)) * 3000).astype(np.uint16)
+    deep[7, 9] = 60000  # one bright pixel sets the 16-bit stretch; a shrunk copy must keep the full range
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # turned 90 degrees: the frame becomes 300 wide, 450 high
+    return {
+        "png rgb": (_encoded(rgb, "PNG"), (450, 300)),
+        "png rgba": (_encoded(rgb.convert("RGBA"), "PNG"), (450, 300)),
+        "png palette": (_encoded(rgb.convert("P"), "PNG"), (450, 300)),
+        "png 16-bit": (_encoded(Image.fromarray(deep), "PNG"), (450, 300)),
+        "tiff exif 6": (_encoded(rgb, "TIFF", exif=rotated), (300, 450)),
+        "png exif 6": (_encoded(rgb, "PNG", exif=rotated), (300, 450)),
+        "jpeg exif 6": (_encoded(rgb, "JPEG", exif=rotated, quality=95), (300, 450)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bounded_cases()))
+def test_bounded_decode_matches_a_full_decode_resized(case):
+    data, frame = _bounded_cases()[case]
+    full = io.read_image_bytes(data, case)
+    small, got_frame = io.read_image_bytes_bounded(data, case, max_side=150)
+    assert got_frame == frame == (full.shape[1], full.shape[0])  # the photo's upright size
+    assert max(small.shape[:2]) == 150 and small.dtype == np.uint8
+    assert (small.shape[1] > small.shape[0]) == (frame[0] > frame[1])  # turned upright like the full one
+    reference = np.asarray(Image.fromarray(full).resize((small.shape[1], small.shape[0]), Image.BILINEAR))
+    # JPEG shrinks in the DCT (its own filter), the others by Pillow's box reduce + bilinear: close, not equal.
+    tolerance = 6.0 if "jpeg" in case else 1.0
+    assert np.abs(reference.astype(float) - small).mean() < tolerance
+
+
+def test_bounded_decode_leaves_small_images_alone():
+    data = _encoded(Image.new("RGB", (40, 30), (10, 20, 30)), "PNG")
+    small, frame = io.read_image_bytes_bounded(data, "small.png", max_side=150)
+    assert frame == (40, 30) and small.shape == (30, 40, 3) and (small == io.read_image_bytes(data)).all()

@@ -302,3 +302,69 @@ def test_server_keeps_serving_after_bad_requests(client, chelsea):
     assert client.get("/api/health").json()["status"] == "ok"
     r = locate(client, chelsea, ["the cat"], heatmap_png=False)
     assert r.status_code == 200 and r.json()["results"][0]["boxes"]
+
+
+class PeakModel(SlowModel):
+    """A 4x8 map whose only non-zero cell is (row 1, column 5), whatever the image."""
+
+    def grounding_maps(self, images, phrases):
+        maps = torch.zeros(1, len(phrases), 4, 8)
+        maps[..., 1, 5] = 1.0
+        return maps
+
+
+def test_large_upload_is_worked_small_and_answered_in_the_photos_pixels():
+    wide = Image.fromarray((np.random.default_rng(0).random((1000, 2000, 3)) * 255).astype(np.uint8))
+    predictor = Predictor(PeakModel(0), 0.5, "peak")
+    app = create_app(ServeSettings(work_side=500), loader=lambda s: LoadedModel(predictor))
+    with TestClient(app) as c:
+        r = locate(c, png_bytes(wide), ["x"], image_png="true")
+    body = r.json()
+    assert r.status_code == 200 and body["image"] == {"name": "photo.png", "width": 2000, "height": 1000}
+    assert decode_png(body["image_png"]).size == (500, 250)  # what the model read: the 500 px working copy
+    # The same map grounded on the full-size photo: the answers agree to within one working pixel (4 px here).
+    full = predictor.locate_array(np.array(wide), ["x"])[0]
+    result = body["results"][0]
+    assert all(abs(a - b) <= 4 for a, b in zip(result["point"], full.point))
+    assert len(result["boxes"]) == len(full.boxes) == 1
+    assert all(abs(a - b) <= 4 for a, b in zip(result["boxes"][0], full.boxes[0]))
+    assert 0 <= result["point"][0] < 2000 and 0 <= result["point"][1] < 1000
+
+
+def test_admission_limit_is_503_with_retry_after(chelsea):
+    model = SlowModel(0.8)
+    app = create_app(ServeSettings(max_queue=1), loader=lambda s: LoadedModel(Predictor(model, 0.5, "slow")))
+    with TestClient(app) as c:
+        first = []
+        worker = threading.Thread(target=lambda: first.append(locate(c, chelsea, ["x"], heatmap_png=False)))
+        worker.start()
+        deadline = time.monotonic() + 5
+        while c.get("/api/health").json()["in_progress"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = locate(c, chelsea, ["x"])
+        worker.join()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "--max-queue" in r.json()["detail"] and first[0].status_code == 200
+        assert c.get("/api/health").json()["in_progress"] == 0
+        assert locate(c, chelsea, ["x"], heatmap_png=False).status_code == 200  # the slot came back
+
+
+def test_timed_out_work_stops_at_its_next_step_and_frees_its_slot(chelsea, monkeypatch):
+    from weakground.serve import render
+
+    drawn = []
+    monkeypatch.setattr(render, "overlay_png", lambda *a, **k: drawn.append(1) or "")
+    model = SlowModel(0.8)
+    app = create_app(ServeSettings(timeout_s=0.3), loader=lambda s: LoadedModel(Predictor(model, 0.5, "slow")))
+    with TestClient(app) as c:
+        r = locate(c, chelsea, ["a", "b", "c"], overlay_png="true")
+        assert r.status_code == 504
+        health = c.get("/api/health").json()  # answered while the model is still busy with the timed-out job
+        assert health["status"] == "ok" and health["in_progress"] == 1
+        deadline = time.monotonic() + 5
+        while c.get("/api/health").json()["in_progress"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert c.get("/api/health").json()["in_progress"] == 0
+        assert model.calls == 1 and drawn == []  # inference ran to its end; nothing after it did
+        model.seconds = 0.0
+        assert locate(c, chelsea, ["x"], overlay_png="true").status_code == 200 and drawn == [1]

@@ -24,7 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
                    help="largest image upload accepted, in MiB; larger ones get 413 (default: 10)")
     p.add_argument("--timeout-s", type=float, default=30.0, metavar="S",
-                   help="per-request limit on decoding + inference; past it the answer is 504 (default: 30)")
+                   help="per-request limit on decoding + inference; past it the answer is 504 and the work "
+                   "stops at its next step (default: 30)")
+    p.add_argument("--max-queue", type=int, default=16, metavar="N",
+                   help="requests admitted at once, running or waiting for the model; one more gets 503 with "
+                   "Retry-After (default: 16)")
+    p.add_argument("--work-side", type=int, default=1024, metavar="PX",
+                   help="uploads are decoded with their long side cut to PX pixels, so a 90 MP photo costs "
+                   "what a 1 MP one does; answers stay in the photo's own pixels (default: 1024; bridge reads "
+                   "448, trained methods their input size)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         raise WeakgroundError(f"--max-upload-mb {args.max_upload_mb:g}: must be > 0")
     if not args.timeout_s > 0:
         raise WeakgroundError(f"--timeout-s {args.timeout_s:g}: must be > 0")
+    if args.max_queue < 1:
+        raise WeakgroundError(f"--max-queue {args.max_queue}: must be >= 1")
+    if args.work_side < 64:
+        raise WeakgroundError(f"--work-side {args.work_side}: must be >= 64 pixels")
     for path in (args.checkpoint, args.caption_checkpoint):
         if path is not None and not path.is_file():
             raise WeakgroundError(f"{path}: checkpoint file not found")
@@ -55,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from weakground.serve.app import ServeSettings, serve
 
     settings = ServeSettings(method=args.method, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint,
-                             timeout_s=args.timeout_s,
+                             timeout_s=args.timeout_s, max_queue=args.max_queue, work_side=args.work_side,
                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     try:
         serve(settings, host=args.host, port=args.port)

@@ -16,12 +16,17 @@ Robustness, which the tests check one case at a time:
   serialised by a lock: one model, one request at a time through it;
 * a request body over the upload limit is refused with 413 as soon as its ``Content-Length`` says so, or as soon
   as the bytes received pass the limit (chunked uploads), before the rest is read;
-* the image is decoded by :func:`weakground.io.read_image_bytes`, the same code as the CLI (EXIF rotation,
-  CMYK, 16-bit, palette, transparency; truncated files and decompression bombs refused): not an image → 415,
-  empty, corrupt, too many pixels or too small for the method → 400, each with the reason;
+* the image is decoded by :func:`weakground.io.read_image_bytes_bounded`, the same code as the CLI (EXIF
+  rotation, CMYK, 16-bit, palette, transparency; truncated files and decompression bombs refused), shrunk to
+  ``work_side`` while it is decoded, so a 90 MP upload never becomes a 90 MP float canvas, heatmap or PNG:
+  points and boxes are mapped back to the photo's own pixels. Not an image → 415; empty, corrupt, too many
+  pixels or too small for the method → 400, each with the reason;
 * phrases are checked like the CLI's (empty, over :data:`weakground.engine.inference.MAX_PHRASE_CHARS`, too many) → 422;
-* decoding and inference run in a worker thread under ``timeout_s``; past it the client gets 504 and the
-  worker's result is dropped (a request still queued for the lock gives up instead of running late);
+* at most ``max_queue`` requests are admitted at once (running, or waiting for the model); one more gets 503
+  with ``Retry-After`` at once, so a burst queues no unbounded work;
+* decoding and inference run together under the model lock in a worker thread, so one full-size decode is in
+  memory at a time, all under ``timeout_s``: past it the client gets 504 and the work stops at its next step
+  (before decoding, after decoding, after inference, between the pictures), freeing its worker;
 * every error body is ``{"detail": "<one line>"}``, and no bad request leaves the server unable to answer.
 """
 
@@ -59,6 +64,10 @@ class ServeSettings:
     timeout_s: float = 30.0
     max_phrases: int = MAX_PHRASES
     caption_checkpoint: Path | None = None  # a captioner (ss_attention, updown) for POST /api/caption
+    # Uploads are decoded with their long side cut to this (bridge reads 448 px, trained methods their input
+    # size, so nothing they see changes) and every answer is mapped back to the photo's own pixels.
+    work_side: int = 1024
+    max_queue: int = 16  # requests admitted at once (running or waiting for the model); more get 503
 
 
 @dataclass
@@ -107,6 +116,11 @@ class HealthResponse(BaseModel):
     timeout_s: float
     max_phrases: int
     max_phrase_chars: int
+    max_queue: int = Field(description="requests admitted at once; one more gets 503")
+    in_progress: int = Field(description="requests admitted now (running, waiting for the model, or timed out "
+                             "and not yet stopped)")
+    work_side: int = Field(description="uploads are decoded with their long side cut to this many pixels; "
+                           "coordinates are still the photo's own")
     captioner: str | None = Field(None, description="the captioner behind POST /api/caption (null: none; start "
                                   "the server with --caption-checkpoint)")
 
@@ -178,6 +192,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "the upload is over the server's limit (`--max-upload-mb`)",
         415: "the file is not an image format the server can read",
         422: "a missing field, or a phrase that is empty, too long, or too many phrases",
+        503: "the server already has `--max-queue` requests in progress; retry after `Retry-After` seconds",
         504: "decoding and inference took longer than the server's `--timeout-s`",
     }.items()}
 
@@ -253,9 +268,76 @@ def check_phrases(phrases: list[str], max_phrases: int) -> list[str]:
         raise HTTPException(422, str(exc)) from None
 
 
-def _result(image: Any, grounding: Any, want: dict[str, bool]) -> dict[str, Any]:
+@dataclass
+class _Job:
+    """One admitted request's work: its deadline, and whether its client already has its answer (a 504)."""
+
+    deadline: float
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        """Stop here (raise :class:`_Abandoned`) when the client has its 504 or the deadline has passed."""
+        if self.abandoned.is_set() or time.monotonic() > self.deadline:
+            raise _Abandoned
+
+    def with_model(self, loaded: LoadedModel, work: Callable[[], Any]) -> Any:
+        """``work()`` with the model to itself: a request queued behind another waits no longer than its own
+        deadline, and one whose client already has its 504 does not spend the model at all."""
+        if not loaded.lock.acquire(timeout=max(0.0, self.deadline - time.monotonic())):
+            raise _Abandoned
+        try:
+            self.check()
+            return work()
+        finally:
+            loaded.lock.release()
+
+
+class _Admission:
+    """At most ``limit`` jobs at once, each on a worker thread of its own: one more is refused with 503 at the
+    door instead of queueing unbounded work. A slot is freed when the job's thread is done (or the job never
+    started), not when its client was answered, so a timed-out job still counts until it has stopped."""
+
+    def __init__(self, limit: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.limit, self.active, self.guard = limit, 0, threading.Lock()
+        self.workers = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="weakground-job")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+        with self.guard:
+            if self.active >= self.limit:
+                raise HTTPException(503, f"the server is busy ({self.limit} requests in progress; weakground "
+                                    "serve --max-queue): try again shortly", headers={"Retry-After": "1"})
+            self.active += 1
+        future = self.workers.submit(fn, *args)
+        future.add_done_callback(self._release)  # runs on cancellation too
+        return asyncio.wrap_future(future)
+
+    def _release(self, _: Any) -> None:
+        with self.guard:
+            self.active -= 1
+
+
+def _frame_scale(work_shape: tuple[int, ...], frame: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) factors from the decoded working copy's pixels to the photo's own."""
+    return frame[0] / work_shape[1], frame[1] / work_shape[0]
+
+
+def _to_frame(result: dict[str, Any], scale: tuple[float, float], frame: tuple[int, int]) -> dict[str, Any]:
+    """One phrase's point and boxes moved from the working copy to the photo's pixels: box edges scale; the
+    point is the photo pixel under the working pixel's centre."""
+    (sx, sy), (width, height) = scale, frame
+    x, y = result["point"]
+    result["point"] = (min(width - 1, int((x + 0.5) * sx)), min(height - 1, int((y + 0.5) * sy)))
+    result["boxes"] = [(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in result["boxes"]]
+    return result
+
+
+def _result(image: Any, grounding: Any, want: dict[str, bool], job: _Job) -> dict[str, Any]:
+    """One phrase's JSON, its pictures drawn on the working copy (with its own coordinates)."""
     from weakground.serve import render
 
+    job.check()
     result = grounding.to_dict()
     result["point"], result["boxes"] = tuple(result["point"]), [tuple(b) for b in result["boxes"]]
     if want["heatmap_png"]:
@@ -263,19 +345,6 @@ def _result(image: Any, grounding: Any, want: dict[str, bool]) -> dict[str, Any]
     if want["overlay_png"]:
         result["overlay_png"] = render.overlay_png(image, grounding.heatmap, grounding.point, result["boxes"])
     return result
-
-
-def _under_lock(loaded: LoadedModel, deadline: float, abandoned: threading.Event, work: Callable[[], Any]) -> Any:
-    """``work()`` with the model to itself: a request queued behind another waits no longer than its own
-    deadline, and one whose client already has its 504 does not spend the model at all."""
-    if not loaded.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-        raise _Abandoned
-    try:
-        if abandoned.is_set():
-            raise _Abandoned
-        return work()
-    finally:
-        loaded.lock.release()
 
 
 async def _read_upload(image: UploadFile, settings: ServeSettings) -> tuple[bytes, str]:
@@ -288,31 +357,49 @@ async def _read_upload(image: UploadFile, settings: ServeSettings) -> tuple[byte
     return data, name
 
 
-async def _answer(work: Any, name: str, settings: ServeSettings, abandoned: threading.Event) -> dict:
-    """The worker's result within ``timeout_s`` (504 past it, the work then dropped); decode errors as 415/400."""
+async def _answer(work: Any, name: str, settings: ServeSettings, job: _Job) -> dict:
+    """The worker's result within ``timeout_s`` (504 past it, the work then stopped); decode errors as 415/400."""
     try:
         return await asyncio.wait_for(work, timeout=settings.timeout_s)
     except (asyncio.TimeoutError, _Abandoned):
-        abandoned.set()
+        job.abandoned.set()
         raise HTTPException(504, f"{name}: no answer within {settings.timeout_s:g} s (the server is busy or "
                             "the image is very large; weakground serve --timeout-s)") from None
     except InputError as exc:
         raise HTTPException(415 if getattr(exc, "kind", None) == "format" else 400, str(exc)) from None
 
 
+def _decode_and(loaded: LoadedModel, data: bytes, name: str, channels: int, settings: ServeSettings, job: _Job,
+                infer: Callable[[Any], Any]) -> tuple[Any, tuple[int, int], Any]:
+    """Decode the upload (bounded to ``work_side``) and run ``infer`` on it, both under the model lock: one
+    full-size decode in memory at a time. Returns (working copy, the photo's (width, height), ``infer``'s)."""
+    from weakground.io import read_image_bytes_bounded
+
+    def work() -> tuple[Any, tuple[int, int], Any]:
+        image, frame = read_image_bytes_bounded(data, name, channels, max_side=settings.work_side)
+        job.check()
+        found = infer(image)
+        job.check()
+        return image, frame, found
+
+    job.check()
+    return job.with_model(loaded, work)
+
+
 def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float | None,
-            want: dict[str, bool], deadline: float, abandoned: threading.Event) -> dict:
-    from weakground.io import read_image_bytes
+            want: dict[str, bool], settings: ServeSettings, job: _Job) -> dict:
     from weakground.serve import render
 
     start = time.perf_counter()
     predictor = loaded.predictor
-    image = read_image_bytes(data, name, channels=predictor.channels)
     threshold = predictor.box_threshold if threshold is None else threshold
-    found = _under_lock(loaded, deadline, abandoned, lambda: predictor.locate_array(image, phrases, threshold))
+    image, frame, found = _decode_and(loaded, data, name, predictor.channels, settings, job,
+                                      lambda img: predictor.locate_array(img, phrases, threshold))
+    scale = _frame_scale(image.shape, frame)
+    results = [_to_frame(_result(image, g, want, job), scale, frame) for g in found]
+    job.check()
     return {"method": loaded.name, "threshold": threshold,
-            "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
-            "results": [_result(image, g, want) for g in found],
+            "image": {"name": name, "width": frame[0], "height": frame[1]}, "results": results,
             "image_png": render.image_png(image) if want["image_png"] else None,
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
 
@@ -344,6 +431,7 @@ def create_app(settings: ServeSettings | None = None,
                                                 loaded.load_s)
         yield
         state.clear()
+        admission.workers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="weakground", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Weakly supervised visual grounding: point phrases at a photo. `POST /api/locate` "
@@ -358,14 +446,16 @@ def create_app(settings: ServeSettings | None = None,
             raise HTTPException(503, "the model is not loaded yet")
         return state["model"]
 
-    _add_info_routes(app, settings, served)
-    _add_locate_route(app, settings, served)
-    _add_caption_route(app, settings, served)
+    admission = _Admission(settings.max_queue)
+    _add_info_routes(app, settings, served, admission)
+    _add_locate_route(app, settings, served, admission)
+    _add_caption_route(app, settings, served, admission)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
-def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
+def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel],
+                     admission: _Admission) -> None:
     """The page, health, the method list and the bundled demo photos."""
 
     @app.get("/", include_in_schema=False)
@@ -380,6 +470,8 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
         return HealthResponse(status="ok", method=loaded.name, version=__version__,
                               max_upload_bytes=settings.max_upload_bytes, timeout_s=settings.timeout_s,
                               max_phrases=settings.max_phrases, max_phrase_chars=MAX_PHRASE_CHARS,
+                              max_queue=settings.max_queue, work_side=settings.work_side,
+                              in_progress=admission.active,
                               captioner=loaded.captioner.model.name if loaded.captioner is not None else None)
 
     @app.get("/api/methods", response_model=MethodsResponse)
@@ -412,18 +504,19 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
         return FileResponse(path, filename=f"{name}{path.suffix}", content_disposition_type="inline")
 
 
-def _caption(loaded: LoadedModel, data: bytes, name: str, deadline: float, abandoned: threading.Event) -> dict:
-    from weakground.io import read_image_bytes
-
+def _caption(loaded: LoadedModel, data: bytes, name: str, settings: ServeSettings, job: _Job) -> dict:
     start = time.perf_counter()
-    image = read_image_bytes(data, name, channels=3)
-    result = _under_lock(loaded, deadline, abandoned, lambda: loaded.captioner.caption(image))
-    return {"method": loaded.captioner.model.name, "caption": result.caption, "objects": result.objects,
-            "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
+    image, frame, result = _decode_and(loaded, data, name, 3, settings, job, loaded.captioner.caption)
+    sx, sy = _frame_scale(image.shape, frame)
+    objects = [{**obj, "box": [obj["box"][0] * sx, obj["box"][1] * sy, obj["box"][2] * sx, obj["box"][3] * sy]}
+               for obj in result.objects]
+    return {"method": loaded.captioner.model.name, "caption": result.caption, "objects": objects,
+            "image": {"name": name, "width": frame[0], "height": frame[1]},
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
 
 
-def _add_caption_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
+def _add_caption_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel],
+                       admission: _Admission) -> None:
     """``POST /api/caption``: a grounded caption, when the server was started with ``--caption-checkpoint``."""
 
     @app.post("/api/caption", response_model=CaptionResponse, response_model_by_alias=True,
@@ -434,12 +527,13 @@ def _add_caption_route(app: FastAPI, settings: ServeSettings, served: Callable[[
             raise HTTPException(404, "this server has no captioner: start it with weakground serve "
                                 "--caption-checkpoint FILE")
         data, name = await _read_upload(image, settings)
-        abandoned = threading.Event()
-        work = asyncio.to_thread(_caption, loaded, data, name, time.monotonic() + settings.timeout_s, abandoned)
-        return CaptionResponse(**await _answer(work, name, settings, abandoned))
+        job = _Job(time.monotonic() + settings.timeout_s)
+        work = admission.submit(_caption, loaded, data, name, settings, job)
+        return CaptionResponse(**await _answer(work, name, settings, job))
 
 
-def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel]) -> None:
+def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[], LoadedModel],
+                      admission: _Admission) -> None:
     """``POST /api/locate``: decode and ground in a worker thread, under the request's deadline."""
 
     @app.post("/api/locate", response_model=LocateResponse, responses=ERRORS)
@@ -457,11 +551,10 @@ def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[]
         loaded = served()
         phrases = check_phrases(phrases, settings.max_phrases)
         data, name = await _read_upload(image, settings)
-        abandoned = threading.Event()
+        job = _Job(time.monotonic() + settings.timeout_s)
         want = {"heatmap_png": heatmap_png, "overlay_png": overlay_png, "image_png": image_png}
-        work = asyncio.to_thread(_locate, loaded, data, name, phrases, threshold, want,
-                                 time.monotonic() + settings.timeout_s, abandoned)
-        return LocateResponse(**await _answer(work, name, settings, abandoned))
+        work = admission.submit(_locate, loaded, data, name, phrases, threshold, want, settings, job)
+        return LocateResponse(**await _answer(work, name, settings, job))
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
