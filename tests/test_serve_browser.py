@@ -5,16 +5,11 @@ answers. With WEAKGROUND_SCREENSHOT=PATH the result page is also saved as a PNG 
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from serve_process import running_server
 
-import weakground
 from weakground.data.demo_photos import demo_photo_path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,43 +22,14 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="browser test needs
 pytest.importorskip("fastapi", reason="the web app needs the serve extra")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`weakground serve` on a free port, as a user would start it; yields its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(weakground.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "weakground", "serve", "--port", str(port),
-                                 "--max-upload-mb", "5"], stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
-                    if json.load(r)["status"] == "ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"weakground serve did not come up:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with running_server(["--max-upload-mb", "5"], tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+            yield srv.url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
