@@ -31,10 +31,14 @@ from typing import Iterable
 from xml.etree import ElementTree as ET
 
 from weakground.data.parsing import (
+    MAX_IMAGE_SIDE,
     ProblemLog,
     XmlError,
     XmlNode,
     checked_box,
+    image_path,
+    image_size,
+    is_file,
     parse_xml,
     read_split_ids,
     require_dir,
@@ -45,6 +49,10 @@ __all__ = ["read_flickr30k_entities", "write_flickr30k_entities", "parse_sentenc
 
 # "[/EN#18/people/other a red shirt]": id, one or more /types, then the phrase's words up to the first "]".
 _ENTITY = re.compile(r"\[/EN#(?P<id>[^/\s\]]+)(?P<types>(?:/[^/\s\]]+)+)\s+(?P<words>[^\[\]]*?)\s*\]")
+
+
+# Each image's files: Sentences/<id>.txt, Annotations/<id>.xml, Images/<id>.jpg.
+_FILES = (("Sentences", ".txt"), ("Annotations", ".xml"), ("Images", ".jpg"))
 
 
 class MarkupError(ValueError):
@@ -144,17 +152,20 @@ def _id_key(image_id: str) -> tuple[int, int | str]:
 
 
 def _read_image(root: Path, image_id: str, log: ProblemLog, check_images: bool) -> ImageRecord | None:
-    sentence_path = root / "Sentences" / f"{image_id}.txt"
-    annotation_path = root / "Annotations" / f"{image_id}.xml"
-    image_path = root / "Images" / f"{image_id}.jpg"
-    if not sentence_path.is_file():
+    try:  # the id becomes file names: "../../x" or 300 characters must not reach the file system
+        sentence_path, annotation_path, image_file = (image_path(root / folder, f"{image_id}{suffix}") for
+                                                      folder, suffix in _FILES)
+    except ValueError as exc:
+        log.add(root, None, "unsafe image file name", f"image {image_id[:80]}: {exc}")
+        return None
+    if not is_file(sentence_path):
         log.add(sentence_path, None, "sentence file missing", f"image {image_id}")
         return None
-    if not annotation_path.is_file():
+    if not is_file(annotation_path):
         log.add(annotation_path, None, "annotation file missing", f"image {image_id}")
         return None
-    if check_images and not image_path.is_file():
-        log.add(image_path, None, "image file missing", f"image {image_id}")
+    if check_images and not is_file(image_file):
+        log.add(image_file, None, "image file missing", f"image {image_id}")
         return None
     annotation = _read_annotation(annotation_path, log)
     if annotation is None:
@@ -162,7 +173,7 @@ def _read_image(root: Path, image_id: str, log: ProblemLog, check_images: bool) 
     captions = _read_sentences(sentence_path, annotation_path.name, annotation, log)
     if captions is None:
         return None
-    return ImageRecord(image_id, image_path, annotation.width, annotation.height, captions)
+    return ImageRecord(image_id, image_file, annotation.width, annotation.height, captions)
 
 
 def _read_annotation(path: Path, log: ProblemLog) -> _Annotation | None:
@@ -178,12 +189,11 @@ def _read_annotation(path: Path, log: ProblemLog) -> _Annotation | None:
     try:
         if size is None:
             raise ValueError
-        width, height = int(size.findtext("width") or ""), int(size.findtext("height") or "")
-        if width <= 0 or height <= 0:
-            raise ValueError
+        # image_size bounds them: a width of 400 digits would overflow when boxes are checked against it
+        width, height = image_size(int(size.findtext("width") or ""), int(size.findtext("height") or ""))
     except ValueError:
         log.add(path, (size if size is not None else tree).line, "missing or invalid <size>",
-                "needs positive <width> and <height>")
+                f"needs <width> and <height> in 1..{MAX_IMAGE_SIDE} pixels")
         return None
     annotation = _Annotation(width, height)
     for obj in tree.findall("object"):

@@ -100,10 +100,12 @@ def image_size(width: Any, height: Any) -> tuple[int, int]:
     """
     sides = []
     for side in (width, height):
-        if isinstance(side, bool) or not isinstance(side, (int, float)) or not math.isfinite(side):
-            raise ValueError(f"size {width!r}x{height!r} is not two finite numbers")
+        # isfinite only on floats: an int of 400 digits is finite, and converting it to float overflows
+        if isinstance(side, bool) or not isinstance(side, (int, float)) or (isinstance(side, float)
+                                                                             and not math.isfinite(side)):
+            raise ValueError(f"size {width!r:.40}x{height!r:.40} is not two finite numbers")
         if not 0 < side <= MAX_IMAGE_SIDE:
-            raise ValueError(f"size {width!r}x{height!r} is outside 1..{MAX_IMAGE_SIDE} pixels")
+            raise ValueError(f"size {width!r:.40}x{height!r:.40} is outside 1..{MAX_IMAGE_SIDE} pixels")
         sides.append(int(side))
     return sides[0], sides[1]
 

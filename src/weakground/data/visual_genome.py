@@ -155,7 +155,8 @@ def _header_size(path: Path, log: ProblemLog) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:  # reads the header only; no pixels are decoded
             return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    # DecompressionBombError: a header claiming billions of pixels (it derives from Exception only)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         log.add(path, None, "unreadable image", str(exc))
         return None
 
