@@ -66,3 +66,116 @@ def test_resumed_log_drops_the_killed_epochs_rows(tmp_path):
     assert log.read_text().splitlines() == ["epoch,step,lr,loss", "1,10,0.1,2.0", "1,20,0.1,1.5"]
     truncate_log(log, 0)  # a fresh run starts an empty log
     assert log.read_text() == ""
+
+
+def test_files_get_a_plain_files_mode_not_mkstemps(tmp_path):
+    import os
+
+    from weakground.engine.checkpoint import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        model, optimizer = _stepped()
+        save_checkpoint(tmp_path / "train_last.safetensors", model, {}, optimizer)
+    finally:
+        os.umask(old)
+    for name in ("a.json", "train_last.safetensors", "train_last.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def _epoch_meta(epoch: int) -> dict:
+    return {"train_state": {"epoch": epoch, "history": [], "best": None}}
+
+
+def test_saving_last_keeps_the_file_it_replaces_as_prev(tmp_path):
+    from weakground.engine.checkpoint import previous_path
+
+    model, optimizer = _stepped()
+    last = tmp_path / "train_last.safetensors"
+    save_checkpoint(last, model, _epoch_meta(1), optimizer, keep_previous=True)
+    assert not previous_path(last).exists()
+    save_checkpoint(last, model, _epoch_meta(2), optimizer, keep_previous=True)
+    assert previous_path(last).name == "train_last.prev.safetensors"
+    assert read_checkpoint(previous_path(last))[1]["train_state"]["epoch"] == 1
+    assert read_checkpoint(last)[1]["train_state"]["epoch"] == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_falls_back_to_prev_once_and_repairs_last(tmp_path, capsys):
+    import json
+
+    from weakground.engine.checkpoint import load_for_resume, previous_path
+
+    model, optimizer = _stepped()
+    last = tmp_path / "train_last.safetensors"
+    for epoch in (1, 2):
+        save_checkpoint(last, model, _epoch_meta(epoch), optimizer, keep_previous=True)
+    assert load_for_resume(last, model, optimizer)[0] == last and capsys.readouterr().err == ""
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    used, meta = load_for_resume(last, nn.Linear(3, 2), torch.optim.Adam(nn.Linear(3, 2).parameters()))
+    err = capsys.readouterr().err.splitlines()
+    assert used == previous_path(last) and meta["train_state"]["epoch"] == 1
+    assert len(err) == 1 and str(last) in err[0] and str(previous_path(last)) in err[0] and "after epoch 1" in err[0]
+    # prev is copied over the damaged last (the next save then keeps a good prev), and its .json says so
+    assert last.read_bytes() == previous_path(last).read_bytes()
+    assert json.loads(last.with_suffix(".json").read_text())["train_state"]["epoch"] == 1
+
+
+def test_resume_with_last_missing_uses_prev(tmp_path, capsys):
+    from weakground.engine.checkpoint import load_for_resume, previous_path
+
+    model, optimizer = _stepped()
+    last = tmp_path / "train_last.safetensors"
+    save_checkpoint(last, model, _epoch_meta(3), optimizer)
+    last.rename(previous_path(last))  # killed between "last -> prev" and "tmp -> last"
+    assert load_for_resume(last, model, optimizer)[1]["train_state"]["epoch"] == 3
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_both_damaged_is_one_error_naming_both(tmp_path):
+    import pytest
+
+    from weakground.engine.checkpoint import load_for_resume, previous_path
+    from weakground.errors import CheckpointError
+
+    model, optimizer = _stepped()
+    last = tmp_path / "train_last.safetensors"
+    for epoch in (1, 2):
+        save_checkpoint(last, model, _epoch_meta(epoch), optimizer, keep_previous=True)
+    last.write_bytes(b"")
+    previous_path(last).write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError) as info:
+        load_for_resume(last, model, optimizer)
+    message = str(info.value)
+    assert "\n" not in message and str(last) in message and str(previous_path(last)) in message
+    # a damaged last with no prev to fall back to keeps its own one-line error
+    previous_path(last).unlink()
+    with pytest.raises(CheckpointError, match="not a readable safetensors checkpoint"):
+        load_for_resume(last, model, optimizer)
+
+
+def test_a_stale_json_copy_is_rewritten(tmp_path):
+    import json
+
+    from weakground.engine.checkpoint import refresh_json_copy
+
+    model, _ = _stepped()
+    path = tmp_path / "train_best.safetensors"
+    save_checkpoint(path, model, _epoch_meta(4))
+    assert refresh_json_copy(path) is False
+    path.with_suffix(".json").write_text(json.dumps(_epoch_meta(3)))  # a kill between the two writes
+    assert refresh_json_copy(path) is True
+    assert json.loads(path.with_suffix(".json").read_text())["train_state"]["epoch"] == 4
+
+
+def test_the_kill_hook_is_inert_when_unset_and_names_real_points():
+    from weakground.engine import checkpoint
+
+    assert checkpoint._KILL_AT is None  # the suite never runs with the hook set
+    for point in checkpoint.KILL_POINTS:
+        checkpoint.kill_point(point)  # returns: nothing to kill
+    import inspect
+
+    source = inspect.getsource(checkpoint) + inspect.getsource(__import__("weakground.engine.trainer").engine.trainer)
+    assert all(f'kill_point("{point}")' in source for point in checkpoint.KILL_POINTS)

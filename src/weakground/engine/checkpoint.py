@@ -6,13 +6,33 @@ class names and the training state; ``<name>.json`` beside it is a human-readabl
 layout in the metadata), so weights, optimizer and epoch are written by one ``os.replace`` and a kill can never
 pair one epoch's weights with another's optimizer. (Checkpoints written before this kept the optimizer in a
 ``<name>.optim.safetensors`` sidecar; it is still read when the file holds none.) Every file is written to a
-temporary name, fsynced and moved into place, and the folder fsynced after, so a crash never leaves half a file.
+temporary name, fsynced and moved into place, and the folder fsynced after, so a crash never leaves half a file;
+it gets the mode a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s ``0o600``.
+
+The previous good checkpoint: :func:`save_checkpoint` with ``keep_previous`` (the trainer's ``<stage>_last``)
+first moves the file it replaces to ``<name>.prev.safetensors``, then moves the new one into place, fsyncing the
+folder after each rename. A kill at any point leaves ``last`` or ``prev`` (or both) complete:
+
+    tmp written   -> last is the old good file (the temporary is deleted on resume)
+    last -> prev  -> no last; prev is the newest good file
+    tmp -> last   -> last is the new file, prev the one before it
+
+:func:`load_for_resume` reads ``last``; when that cannot be read or loaded it falls back to ``prev`` with one
+warning line on stderr and copies ``prev`` over ``last`` (so the next save keeps a good ``prev``); when both are
+damaged it is one :class:`CheckpointError` naming both. :func:`refresh_json_copy` rewrites a ``.json`` copy a kill
+left stale, so the copy always describes the file in place once a run is resumed.
+
+Test hook: with the environment variable ``WEAKGROUND_KILL_AT=<point>:<n>`` the process SIGKILLs itself the
+``n``-th time (counted per process, from 1) it reaches ``<point>`` in a checkpoint save; the points are
+:data:`KILL_POINTS`. The variable is read once, at import; unset, each point costs one comparison.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,20 +45,98 @@ from weakground.errors import CheckpointError
 FORMAT_VERSION = 1
 # Optimizer tensors share the checkpoint file under this prefix; no module name starts with it.
 OPTIMIZER_PREFIX = "__optimizer__."
+KILL_ENV = "WEAKGROUND_KILL_AT"
+# Where WEAKGROUND_KILL_AT can stop a save, in the order one save of `last` (then `best`) passes them.
+KILL_POINTS = ("tmp-written",  # the new file is complete under its temporary name; nothing renamed yet
+               "last-to-prev",  # the old last is now prev; no last for a moment
+               "replaced",  # the new file is in place; the folder not yet fsynced
+               "before-json",  # folder fsynced (and an old optimizer sidecar removed); the .json copy is stale
+               "after-json",  # the save is complete
+               "between-last-and-best")  # the trainer saved last and has not yet saved best (every epoch)
+_KILL_AT = os.environ.get(KILL_ENV) or None
+_kill_counts: dict[str, int] = {}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def kill_point(name: str) -> None:
+    """The test hook: SIGKILL this process at its ``n``-th arrival at ``name`` when ``WEAKGROUND_KILL_AT`` asks."""
+    if _KILL_AT is None:
+        return
+    point, _, nth = _KILL_AT.partition(":")
+    if point != name:
+        return
+    _kill_counts[name] = _kill_counts.get(name, 0) + 1
+    if _kill_counts[name] == int(nth or 1):
+        sys.stdout.flush()
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def previous_path(path: Path) -> Path:
+    """``<name>.prev.safetensors`` beside ``<name>.safetensors``: the checkpoint a ``keep_previous`` save replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _umask() -> int:
+    """The process umask. Linux shows it in /proc; elsewhere it can only be read by setting it, which is racy
+    (a file another thread creates between the two calls gets umask 0), acceptable for a save's permissions."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def _write_temporary(path: Path, data: bytes) -> str:
+    """``data`` in a fsynced temporary file beside ``path`` with a plain file's mode; returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            mode = 0o666 & ~_umask()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
+            else:  # pragma: no cover - Windows
+                os.chmod(tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = _write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _replace_keeping_previous(path: Path, data: bytes, keep_previous: bool) -> None:
+    """Move ``data`` into ``path`` through a temporary file; with ``keep_previous`` the file it replaces becomes
+    :func:`previous_path` first. Each rename is followed by a folder fsync, so the order survives a power cut."""
+    tmp = _write_temporary(path, data)
+    try:
+        kill_point("tmp-written")
+        if keep_previous and path.is_file():
+            os.replace(path, previous_path(path))
+            _fsync_folder(path.parent)
+            kill_point("last-to-prev")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    kill_point("replaced")
     _fsync_folder(path.parent)
 
 
@@ -87,9 +185,11 @@ def checkpoint_meta(config: Any, names: list[str]) -> dict[str, Any]:
 
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimizer: Any = None) -> None:
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimizer: Any = None,
+                    keep_previous: bool = False) -> None:
     """Write ``model``'s weights (less its frozen pretrained modules) and ``meta`` (JSON-serialisable) to
-    ``path`` (a ``.safetensors`` file)."""
+    ``path`` (a ``.safetensors`` file); with ``keep_previous`` the file it replaces is kept as
+    :func:`previous_path` (``--resume`` falls back to it when ``path`` is damaged)."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -100,10 +200,45 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], optimize
         tensors, layout = _flatten_optimizer(optimizer.state_dict())
         state.update({OPTIMIZER_PREFIX + k: v for k, v in tensors.items()})
         stored["optimizer_layout"] = layout
-    atomic_write_bytes(path, save(state, metadata={"weakground": json.dumps(stored)}))
+    _replace_keeping_previous(path, save(state, metadata={"weakground": json.dumps(stored)}), keep_previous)
     # A sidecar from an older save would now describe another epoch: the file above is the whole truth.
     path.with_suffix(".optim.safetensors").unlink(missing_ok=True)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    kill_point("before-json")
+    atomic_write_text(path.with_suffix(".json"), _json_copy(meta))
+    kill_point("after-json")
+
+
+def _json_copy(meta: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in meta.items() if k != "optimizer_layout"}, indent=2)
+
+
+def stored_meta(path: Path) -> dict[str, Any] | None:
+    """The weakground metadata of checkpoint ``path`` (tensors are not read); None when it cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["weakground"])
+    except Exception:  # noqa: BLE001 - any unreadable file is "no metadata" here; read_checkpoint says why
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def refresh_json_copy(path: Path) -> bool:
+    """Rewrite ``<name>.json`` when it no longer describes checkpoint ``path`` (a kill between the two writes of
+    a save leaves it one save behind); True when it was rewritten."""
+    path = Path(path)
+    meta = stored_meta(path) if path.is_file() else None
+    if meta is None:
+        return False
+    text, copy = _json_copy(meta), path.with_suffix(".json")
+    try:
+        if copy.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(copy, text)
+    return True
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -177,11 +312,32 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
 
 def load_optimizer_state(path: Path, optimizer: Any) -> bool:
     """Restore the optimizer saved in checkpoint ``path`` (or, for older checkpoints, beside it); False when
-    there is none."""
+    there is none. A damaged or ill-fitting optimizer state is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    try:
+        found = _read_optimizer_state(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors, JSON and layout errors all mean "unreadable" here
+        raise CheckpointError(f"{path}: its optimizer state cannot be read ({_first_line(exc)})") from None
+    if found is None:
+        return False
+    try:
+        optimizer.load_state_dict(found)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this run ({_first_line(exc)})") from None
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_optimizer_state(path: Path) -> dict[str, Any] | None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
     with safe_open(str(path), "pt") as f:
         layout = json.loads((f.metadata() or {}).get("weakground", "{}")).get("optimizer_layout")
     if layout is not None:
@@ -189,7 +345,7 @@ def load_optimizer_state(path: Path, optimizer: Any) -> bool:
     else:
         opt_path = path.with_suffix(".optim.safetensors")
         if not opt_path.is_file():
-            return False
+            return None
         tensors = load_file(str(opt_path))
         with safe_open(str(opt_path), "pt") as f:
             layout = json.loads(f.metadata()["layout"])
@@ -199,8 +355,49 @@ def load_optimizer_state(path: Path, optimizer: Any) -> bool:
         state.setdefault(int(idx), {})[key] = value
     for idx, entries in layout["scalars"].items():
         state.setdefault(int(idx), {}).update(entries)
+    return {"state": state, "param_groups": layout["param_groups"]}
+
+
+def _load_resumable(path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """Load checkpoint ``path``'s weights and optimizer into ``model`` and ``optimizer``; returns its meta."""
+    state, meta = read_checkpoint(path)
+    train_state = meta.get("train_state")
+    if not isinstance(train_state, dict) or not isinstance(train_state.get("epoch"), int):
+        raise CheckpointError(f"{path}: checkpoint has no training state to resume from")
+    load_weights(path, model, state)
+    load_optimizer_state(path, optimizer)
+    return meta
+
+
+def _reason(path: Path, error: CheckpointError) -> str:
+    """``error``'s message without the leading ``<path>: `` (the caller names the file itself)."""
+    text = str(error)
+    return text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text
+
+
+def load_for_resume(path: Path, model: nn.Module, optimizer: Any) -> tuple[Path, dict[str, Any]]:
+    """Load the ``keep_previous`` checkpoint ``path`` for ``--resume``, or, when it cannot be read or loaded, the
+    previous one beside it (:func:`previous_path`), with one warning line on stderr; then ``prev`` is copied over
+    ``path`` so the next save moves a good file to ``prev``. Returns (the file resumed from, its meta).
+
+    Raises:
+        CheckpointError: one line naming both files when neither can be resumed from.
+    """
+    path = Path(path)
+    prev = previous_path(path)
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: its optimizer state does not fit this run ({exc})") from None
-    return True
+        return path, _load_resumable(path, model, optimizer)
+    except CheckpointError as error:
+        if not prev.is_file():
+            raise
+        reason = _reason(path, error)
+    try:
+        meta = _load_resumable(prev, model, optimizer)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume: {path} ({reason}) and the previous checkpoint {prev} "
+                              f"({_reason(prev, error)}) are both unusable") from None
+    print(f"warning: {path}: {reason}; resuming from the previous checkpoint {prev} "
+          f"(after epoch {meta['train_state']['epoch']})", file=sys.stderr, flush=True)
+    atomic_write_bytes(path, prev.read_bytes())
+    refresh_json_copy(path)
+    return prev, meta

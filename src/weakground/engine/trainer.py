@@ -8,6 +8,7 @@ the data arrive from a ``make_batches(epoch_rng)`` callable, so the loop knows n
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 
 from weakground.config import TrainConfig
-from weakground.engine.checkpoint import (load_optimizer_state, load_weights, read_checkpoint, remove_stale_temporaries,
-                                         save_checkpoint)
+from weakground.engine.checkpoint import (atomic_write_text, kill_point, load_for_resume, previous_path,
+                                         refresh_json_copy, remove_stale_temporaries, save_checkpoint, stored_meta)
 from weakground.errors import ConfigError
 
 Batch = dict[str, Any]  # tensors (moved to the device) and, for caption methods, "captions": list[str]
@@ -57,7 +58,8 @@ class Trainer:
     """Runs one training stage of ``model`` and writes its outputs under ``run_dir``.
 
     Files: ``<stage>_log.csv`` (one row per logged step), ``<stage>_history.json`` (per-epoch evaluation),
-    ``checkpoints/<stage>_last.safetensors`` and, with ``best_key``, ``checkpoints/<stage>_best.safetensors``.
+    ``checkpoints/<stage>_last.safetensors`` (and ``<stage>_last.prev.safetensors``, the one it replaced, which
+    ``--resume`` falls back to when ``last`` is damaged) and, with ``best_key``, ``checkpoints/<stage>_best.safetensors``.
     """
 
     def __init__(
@@ -107,7 +109,8 @@ class Trainer:
         cfg = self.config
         self.model.to(self.device)
         optimizer = self._optimizer()
-        start_epoch, history, best = self._resume(optimizer) if resume and self.last_path.is_file() else (0, [], None)
+        resumable = resume and (self.last_path.is_file() or previous_path(self.last_path).is_file())
+        start_epoch, history, best = self._resume(optimizer) if resumable else (0, [], None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.last_path.parent)
         log_path = self.run_dir / f"{self.stage}_log.csv"
@@ -126,16 +129,23 @@ class Trainer:
                 best = self._save(epoch, record, history, best, optimizer)
         finally:
             log.close()
-        (self.run_dir / f"{self.stage}_history.json").write_text(json.dumps({"history": history, "best": best}, indent=2))
+        atomic_write_text(self.run_dir / f"{self.stage}_history.json", json.dumps({"history": history, "best": best}, indent=2))
         return {"history": history, "best": best}
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
-        state, meta = read_checkpoint(self.last_path)
-        load_weights(self.last_path, self.model, state)
-        load_optimizer_state(self.last_path, optimizer)
-        start_epoch = meta["train_state"]["epoch"]
-        print(f"resumed {self.stage} from {self.last_path} after epoch {start_epoch}")
-        return start_epoch, meta["train_state"].get("history", []), meta["train_state"].get("best")
+        """Load ``last`` (or, when it is damaged, the previous one) and repair what a kill mid-save left behind:
+        a ``best`` the kill kept from being written, ``.json`` copies one save behind."""
+        path, meta = load_for_resume(self.last_path, self.model, optimizer)
+        train_state = meta["train_state"]
+        start_epoch, best = train_state["epoch"], train_state.get("best")
+        best_epoch = _train_epoch_of(self.best_path)
+        if best is not None and best.get("epoch") == start_epoch and best_epoch != start_epoch:
+            # Killed between `last` and `best`: the weights just loaded are the best epoch's; write them as best.
+            save_checkpoint(self.best_path, self.model, {k: v for k, v in meta.items() if k != "optimizer_layout"})
+        for checkpoint in (self.last_path, self.best_path):
+            refresh_json_copy(checkpoint)
+        print(f"resumed {self.stage} from {path} after epoch {start_epoch}")
+        return start_epoch, train_state.get("history", []), best
 
     def _train_epoch(self, epoch: int, make_batches: Callable[[np.random.Generator], Iterable[Batch]],
                      steps_per_epoch: int, optimizer: torch.optim.Optimizer, log: "_StepLog") -> int:
@@ -199,7 +209,8 @@ class Trainer:
             best = dict(record)
         meta = {**self.meta, "stage": self.stage, "train_state": {"epoch": epoch + 1, "history": history, "best": best}}
         # `last` first: a kill between the two then leaves a resumable run whose best is one epoch stale at worst.
-        save_checkpoint(self.last_path, self.model, meta, optimizer)
+        save_checkpoint(self.last_path, self.model, meta, optimizer, keep_previous=True)
+        kill_point("between-last-and-best")
         if improved:
             save_checkpoint(self.best_path, self.model, meta)
         return best
@@ -230,11 +241,19 @@ def truncate_log(path: Path, epochs_done: int) -> None:
     kept = [r for r in rows if epochs_done and str(r.get("epoch", "")).isdigit() and int(r["epoch"]) <= epochs_done]
     if len(kept) == len(rows) and epochs_done:
         return
-    with open(path, "w", newline="") as f:
-        if kept:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(kept)
+    text = io.StringIO()
+    if kept:
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    atomic_write_text(path, text.getvalue())  # a kill here keeps the whole old log, never half of it
+
+
+def _train_epoch_of(path: Path) -> int | None:
+    """The ``train_state.epoch`` recorded in checkpoint ``path``, None when it cannot be read."""
+    meta = stored_meta(path) if Path(path).is_file() else None
+    epoch = meta.get("train_state", {}).get("epoch") if meta else None
+    return epoch if isinstance(epoch, int) else None
 
 
 class _StepLog:
