@@ -23,10 +23,27 @@ pytest.importorskip("fastapi", reason="the web app needs the serve extra")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`weakground serve` on a free port, as a user would start it; yields its base URL."""
+def captioner(tmp_path_factory) -> Path:
+    """A tiny captioner trained for the page's Caption button (seconds; the same config as the task's tests)."""
+    from test_captioning_task import _config
+
+    from weakground.engine.driver import run_experiment
+
+    tmp = tmp_path_factory.mktemp("captioner")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WEAKGROUND_CACHE", str(tmp / "cache"))
     try:
-        with running_server(["--max-upload-mb", "5"], tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        return Path(run_experiment(_config(), tmp / "run", progress=False, figure=False)["train"]["checkpoint"])
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, captioner):
+    """`weakground serve` on a free port, as a user would start it; yields its base URL."""
+    args = ["--max-upload-mb", "5", "--caption-checkpoint", str(captioner)]
+    try:
+        with running_server(args, tmp_path_factory.mktemp("serve") / "serve.log") as srv:
             yield srv.url
     except RuntimeError as exc:
         pytest.fail(str(exc))
@@ -122,3 +139,21 @@ def test_empty_phrase_and_oversized_upload_show_reasons(page, server):
     page.fill("#phrases", "  \n ")
     page.click("#submit")
     assert "at least one phrase" in page.text_content("#error")
+
+
+def test_caption_button_writes_a_caption_and_boxes_its_object_words(page, server):
+    page.select_option("#demo", "/api/demo-photos/chelsea")
+    page.wait_for_function("!document.getElementById('preview').hidden")
+    assert page.is_visible("#caption")  # offered because this server was started with --caption-checkpoint
+    with page.expect_response("**/api/caption") as info:
+        page.click("#caption")
+    assert info.value.status == 200
+    answer = info.value.json()
+    page.wait_for_selector("#caption-result[data-state='done']", timeout=20_000)
+    assert page.is_hidden("#error")
+    assert page.text_content("#caption-result .caption-text") == answer["caption"]
+    marks = page.locator("#caption-result mark")
+    assert [marks.nth(i).text_content() for i in range(marks.count())] == [o["word"] for o in answer["objects"]]
+    canvas = page.locator("#caption-result canvas")
+    assert canvas.get_attribute("data-boxes") == str(len(answer["objects"]))
+    assert page.evaluate("document.querySelector('#caption-result canvas').width") == answer["image"]["width"]

@@ -13,6 +13,7 @@ function showError(text) {
 
 function setBusy(busy, text) {
   $("submit").disabled = busy;
+  $("caption").disabled = busy;
   $("status").textContent = text || "";
 }
 
@@ -26,7 +27,9 @@ function preview(blob) {
 async function init() {
   try {
     const health = await (await fetch("/api/health")).json();
-    $("served").textContent = `Method: ${health.method}; uploads up to ${health.max_upload_bytes / 1048576} MB.`;
+    $("served").textContent = `Method: ${health.method}; uploads up to ${health.max_upload_bytes / 1048576} MB.` +
+      (health.captioner ? ` Captioner: ${health.captioner}.` : "");
+    $("caption").hidden = !health.captioner;  // the server has POST /api/caption only with --caption-checkpoint
   } catch (e) { /* the form still works; errors show on submit */ }
   try {
     const photos = await (await fetch("/api/demo-photos")).json();
@@ -172,6 +175,78 @@ $("locate-form").addEventListener("submit", async (event) => {
                    `(server ${Math.round(answer.elapsed_ms)} ms).`);
   } catch (e) {
     $("results").dataset.state = "error";
+    showError(`The server did not answer: ${e.message}`);
+    setBusy(false, "");
+  }
+});
+
+// The caption as text, each grounded object word marked, and the photo with each word's box and label.
+async function renderCaption(answer) {
+  const section = $("caption-result");
+  section.replaceChildren();
+  const title = document.createElement("h2");
+  title.textContent = "Caption";
+  const text = document.createElement("p");
+  text.className = "caption-text";
+  const objects = [...answer.objects];
+  for (const [i, word] of answer.caption.split(" ").entries()) {
+    if (i) text.append(" ");
+    if (objects.length && objects[0].word === word) {
+      const mark = document.createElement("mark");
+      mark.textContent = word;
+      mark.title = objects.shift().class;
+      text.append(mark);
+    } else {
+      text.append(word);
+    }
+  }
+  const photo = await loadImage($("preview").src);
+  const canvas = document.createElement("canvas");
+  canvas.width = photo.naturalWidth;
+  canvas.height = photo.naturalHeight;
+  canvas.style.width = Math.min(photo.naturalWidth, 880) + "px";
+  canvas.dataset.boxes = String(answer.objects.length);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(photo, 0, 0);
+  const sx = canvas.width / answer.image.width, sy = canvas.height / answer.image.height;
+  const line = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 300));
+  ctx.font = `${6 * line}px sans-serif`;
+  for (const obj of answer.objects) {
+    const [x1, y1, x2, y2] = obj.box;
+    for (const [colour, width] of [["rgba(0,0,0,0.6)", line + 2], ["#ffe066", line]]) {
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = width;
+      ctx.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
+    }
+    ctx.fillStyle = "#ffe066";
+    ctx.fillText(obj.word, x1 * sx + line, y1 * sy + 7 * line);
+  }
+  section.append(title, text, canvas);
+  section.hidden = false;
+  section.dataset.state = "done";
+}
+
+$("caption").addEventListener("click", async () => {
+  showError("");
+  if (!chosen) { showError("Choose a photo first: upload one or pick a bundled one."); return; }
+  const form = new FormData();
+  form.append("image", chosen, chosen.name || "upload");
+  setBusy(true, "Writing a caption…");
+  try {
+    const response = await fetch("/api/caption", { method: "POST", body: form });
+    const text = await response.text();
+    let answer;
+    try { answer = JSON.parse(text); } catch (e) { answer = { detail: text.slice(0, 300) }; }
+    if (!response.ok) {
+      showError(`Error ${response.status}: ${answer.detail || response.statusText}`);
+      setBusy(false, "");
+      return;
+    }
+    await renderCaption(answer);
+    $("json").textContent = readableJson(answer);
+    $("json-details").hidden = false;
+    setBusy(false, `Caption in ${Math.round(answer.elapsed_ms)} ms on the server.`);
+  } catch (e) {
     showError(`The server did not answer: ${e.message}`);
     setBusy(false, "");
   }
