@@ -38,6 +38,8 @@ def test_the_report_names_the_task_the_regions_and_the_box_use(trained):
     assert report["task"] == "captioning" and report["regions"] == {"source": "components", "oracle": False,
                                                                     "max_regions": 6, "level": "c5"}
     assert report["box_use"].startswith("L_gnd only")
+    assert set(report["input"]) == {"train", "val", "test"}  # counted skips per split: none in clean scenes
+    assert report["input"]["train"]["skipped_images_unreadable"] == 0 and report["train_captions_cut_to_max_len"] >= 0
     test = report["test"]
     assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(test["captions"])
     assert test["captions"]["SPICE"] is None and "SPICE" in test["captions"]["unavailable"]
@@ -140,3 +142,33 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_bad_caption_input_is_counted_not_a_crash(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from weakground.data import readers
+    from weakground.data.types import Box, Caption, ImageRecord, Phrase, ReadResult
+    from weakground.errors import WeakgroundError
+
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "tiny.png")  # smaller than any region
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    man = Phrase("a man", [Box(0.0, 0.0, 1.0, 1.0)], ["people"])
+    records = [
+        ImageRecord("tiny", tmp_path / "tiny.png", 1, 1, [Caption("a man walks", [man]), Caption("  "),
+                                                         Caption("nothing here at all")]),
+        ImageRecord("no captions", tmp_path / "tiny.png", 1, 1, [Caption("")]),
+        ImageRecord("unreadable", tmp_path / "broken.png", 1, 1, [Caption("a dog")]),
+        ImageRecord("no file", None, 1, 1, [Caption("a dog")]),
+        ImageRecord("unboxed", tmp_path / "tiny.png", 1, 1, [Caption("a sky")]),
+    ]
+    monkeypatch.setattr(readers, "read_dataset", lambda spec, split: ReadResult(list(records), []))
+    split = captioning._read_split("fake:x", "test", 32, None, False)
+    assert split.ids == ["tiny", "unboxed"] and split.images.shape == (2, 32, 32, 3)
+    assert split.input_counts == {"skipped_images_no_caption": 1, "skipped_images_no_file": 1,
+                                  "skipped_images_unreadable": 1,
+                                  "skipped_empty_captions": 2, "captions_without_entity": 2,
+                                  "images_without_boxed_object": 1}
+    records[:] = records[1:4]
+    with pytest.raises(WeakgroundError, match=r"no readable image with a caption \(1 without a caption, 1 without a file, 1 unre"):
+        captioning._read_split("fake:x", "test", 32, None, False)

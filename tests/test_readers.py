@@ -415,3 +415,24 @@ def test_readers_never_import_torch():
     code = ("import sys; import weakground.data.readers, weakground.data.flickr30k_entities, weakground.data.coco, "
             "weakground.data.referit, weakground.data.visual_genome; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("split, ids", [("karpathy_train", ["200", "300"]), ("karpathy_test", ["100"]),
+                                        ("karpathy_val", [])])
+def test_flickr_karpathy_split_file(split, ids):
+    result = read_flickr30k_entities(FLICKR, split)
+    assert [r.image_id for r in result.records] == ids  # restval images are training images
+    reasons = [p.reason for p in result.problems]
+    assert "malformed Karpathy entry" in reasons  # images[4] has no .jpg file name
+    assert ("sentence file missing" in reasons) == (split == "karpathy_val")  # 999 is listed but absent
+
+
+def test_flickr_karpathy_bad_split_and_missing_file(tmp_path):
+    with pytest.raises(WeakgroundError, match="unknown Karpathy split 'dev'"):
+        read_flickr30k_entities(FLICKR, "karpathy_dev")
+    shutil.copytree(FLICKR, tmp_path / "f", ignore=shutil.ignore_patterns("dataset_flickr30k.json"))
+    with pytest.raises(WeakgroundError, match=r"dataset_flickr30k\.json: Karpathy split file not found"):
+        read_flickr30k_entities(tmp_path / "f", "karpathy_test")
+    (tmp_path / "f" / "dataset_flickr30k.json").write_text("[1, 2]")
+    with pytest.raises(WeakgroundError, match=r"no \"images\" list"):
+        read_flickr30k_entities(tmp_path / "f", "karpathy_test")

@@ -23,6 +23,7 @@ Reading rules (see :mod:`weakground.data.readers` for how problems are handled):
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from weakground.data.parsing import (
     require_dir,
 )
 from weakground.data.types import Box, Caption, ImageRecord, Phrase, ReadResult
+from weakground.errors import WeakgroundError
 
 __all__ = ["read_flickr30k_entities", "write_flickr30k_entities", "parse_sentence"]
 
@@ -112,8 +114,10 @@ def read_flickr30k_entities(root: str | Path, split: str = "test", strict: bool 
 
     Args:
         root: directory holding ``Sentences/``, ``Annotations/``, ``Images/`` and the split files.
-        split: ``"train"``, ``"val"``, ``"test"`` (reads ``<split>.txt``), or ``"all"`` (every
-            ``Sentences/*.txt``, sorted by id).
+        split: ``"train"``, ``"val"``, ``"test"`` (reads ``<split>.txt``), ``"all"`` (every
+            ``Sentences/*.txt``, sorted by id), or ``"karpathy_train"``/``"karpathy_val"``/``"karpathy_test"``:
+            the Karpathy split captioning papers report on, from ``dataset_flickr30k.json`` in ``root``
+            (``images[].filename`` and ``images[].split``; ``restval`` images count as train).
         strict: raise on the first problem that is not by design.
         check_images: require ``Images/<id>.jpg`` to exist (it is not decoded).
 
@@ -125,14 +129,16 @@ def read_flickr30k_entities(root: str | Path, split: str = "test", strict: bool 
             ``strict``, the first problem.
     """
     root = require_dir(Path(root), "Flickr30K Entities root")
+    log = ProblemLog(strict)
     if split == "all":
-        sentences = require_dir(root / "Sentences", "Sentences directory")
-        ids = [(p.stem, None) for p in sorted(sentences.glob("*.txt"), key=lambda p: _id_key(p.stem))]
-        listing = sentences
+        listing = require_dir(root / "Sentences", "Sentences directory")
+        ids = [(p.stem, None) for p in sorted(listing.glob("*.txt"), key=lambda p: _id_key(p.stem))]
+    elif split.startswith(KARPATHY_PREFIX):
+        listing = root / KARPATHY_FILE
+        ids = read_karpathy_ids(listing, split[len(KARPATHY_PREFIX):], log)
     else:
         listing = root / f"{split}.txt"
         ids = read_split_ids(listing)
-    log = ProblemLog(strict)
     records: list[ImageRecord] = []
     seen: set[str] = set()
     for image_id, line in ids:
@@ -144,6 +150,43 @@ def read_flickr30k_entities(root: str | Path, split: str = "test", strict: bool 
         if record is not None:
             records.append(record)
     return ReadResult(records, log.problems)
+
+
+KARPATHY_FILE = "dataset_flickr30k.json"
+KARPATHY_PREFIX = "karpathy_"
+# The Karpathy file's split names for each split asked for: "restval" images are training images.
+_KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+
+
+def read_karpathy_ids(path: Path, split: str, log: ProblemLog) -> list[tuple[str, int | None]]:
+    """The image ids of one Karpathy split (``train`` with ``restval``, ``val``, ``test``) from
+    ``dataset_flickr30k.json``, in file order; a malformed entry is a recorded problem.
+
+    Raises:
+        WeakgroundError: the file is missing, not JSON, has no ``images`` list, or ``split`` is not one of its
+            splits (fatal: it is the split's index).
+    """
+    if split not in _KARPATHY_SPLITS:
+        raise WeakgroundError(f"{path}: unknown Karpathy split {split!r} (karpathy_train, karpathy_val, "
+                              "karpathy_test)")
+    if not path.is_file():
+        raise WeakgroundError(f"{path}: Karpathy split file not found (dataset_flickr30k.json from "
+                              "Karpathy's neuraltalk2 release)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WeakgroundError(f"{path}: not a JSON file ({str(exc).splitlines()[0][:120]})") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise WeakgroundError(f"{path}: no \"images\" list (not a Karpathy split file)")
+    wanted, ids = _KARPATHY_SPLITS[split], []
+    for index, entry in enumerate(images):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.endswith(".jpg") or not isinstance(entry.get("split"), str):
+            log.add(path, None, "malformed Karpathy entry", f"images[{index}] needs a .jpg filename and a split")
+        elif entry["split"] in wanted:
+            ids.append((name[: -len(".jpg")], None))
+    return ids
 
 
 def _id_key(image_id: str) -> tuple[int, int | str]:

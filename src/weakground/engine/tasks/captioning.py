@@ -37,6 +37,9 @@ class CaptionSplit:
         references: per image, its reference captions.
         objects: per image, ``{class: [[x1, y1, x2, y2], ...]}`` ground-truth boxes in the S x S frame (scoring).
         phrases: per image and caption, ``[(phrase text, class, [boxes])]`` of its entities.
+        input_counts: what reading found and left out or kept as it is, counted for the report: images skipped
+            (no caption, no image file, unreadable image), captions skipped (empty), and what is kept but worth
+            knowing (captions with no entity, images with no boxed object, which F1 cannot score).
     """
 
     ids: list[str]
@@ -45,6 +48,7 @@ class CaptionSplit:
     references: list[list[str]]
     objects: list[dict[str, list[list[float]]]]
     phrases: list[list[list[tuple[str, str, list[list[float]]]]]] = field(default_factory=list)
+    input_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,30 +70,50 @@ def _read_split(spec: str, split: str, size: int, max_images: int | None, progre
 
     records = read_dataset(spec, split=split).records[:max_images]
     out: dict[str, Any] = {"ids": [], "images": [], "references": [], "objects": [], "phrases": []}
+    counts = dict.fromkeys(INPUT_COUNTS, 0)
     for record in tqdm(records, disable=not progress, desc=f"read {split}", unit="image", leave=False):
         captions = [c for c in record.captions if c.text.strip()]
+        counts["skipped_empty_captions"] += len(record.captions) - len(captions)
         if not captions or record.path is None:
+            counts["skipped_images_no_caption" if not captions else "skipped_images_no_file"] += 1
             continue
         read = read_square(record.path, size)
         if read is None:
+            counts["skipped_images_unreadable"] += 1
             continue
-        sx, sy = size / read[1][1], size / read[1][0]
+        per_caption, objects = _entities(captions, size / read[1][1], size / read[1][0])
+        counts["captions_without_entity"] += sum(not entities for entities in per_caption)
+        counts["images_without_boxed_object"] += not objects
         out["images"].append(read[0])
         out["ids"].append(record.image_id)
         out["references"].append([c.text for c in captions])
-        per_caption, objects = [], {}
-        for c in captions:
-            entities = [(p.text, p.phrase_types[0] if p.phrase_types else "", [_scaled(b, sx, sy) for b in p.boxes])
-                        for p in c.phrases]
-            per_caption.append(entities)
-            for _, cls, boxes in entities:
-                if cls and boxes:
-                    objects.setdefault(cls, []).extend(b for b in boxes if b not in objects.get(cls, []))
         out["phrases"].append(per_caption)
         out["objects"].append(objects)
     if not out["ids"]:
-        raise WeakgroundError(f"{spec}: split {split!r} has no readable image with a caption")
-    return CaptionSplit(out["ids"], np.stack(out["images"]), None, out["references"], out["objects"], out["phrases"])
+        raise WeakgroundError(f"{spec}: split {split!r} has no readable image with a caption "
+                              f"({counts['skipped_images_no_caption']} without a caption, {counts['skipped_images_no_file']} "
+                              f"without a file, {counts['skipped_images_unreadable']} unreadable)")
+    return CaptionSplit(out["ids"], np.stack(out["images"]), None, out["references"], out["objects"], out["phrases"],
+                        counts)
+
+
+# What _read_split counts per split (see CaptionSplit.input_counts), and _samples for the training split.
+INPUT_COUNTS = ("skipped_images_no_caption", "skipped_images_no_file", "skipped_images_unreadable", "skipped_empty_captions",
+                "captions_without_entity", "images_without_boxed_object")
+
+
+def _entities(captions: list[Any], sx: float, sy: float
+              ) -> tuple[list[list[tuple[str, str, list[list[float]]]]], dict[str, list[list[float]]]]:
+    """Per caption its entities (text, class, boxes scaled to the square), and the image's boxes per class."""
+    per_caption, objects = [], {}
+    for c in captions:
+        entities = [(p.text, p.phrase_types[0] if p.phrase_types else "", [_scaled(b, sx, sy) for b in p.boxes])
+                    for p in c.phrases]
+        per_caption.append(entities)
+        for _, cls, boxes in entities:
+            if cls and boxes:
+                objects.setdefault(cls, []).extend(b for b in boxes if b not in objects.get(cls, []))
+    return per_caption, objects
 
 
 # (dataset spec, split, image size, region config) -> Regions: the frozen encoder's output depends on nothing
@@ -286,8 +310,14 @@ class Captioning(Task):
 
         params = self._params(config)
         rc = RegionConfig(**params.regions)
-        return {"dataset": data.spec, "n_train_images": len(data.splits["train"].ids),
+        from weakground.text.tokens import tokenize
+
+        train = data.splits["train"]
+        truncated = sum(len(tokenize(t)) > params.max_len for refs in train.references for t in refs)
+        return {"dataset": data.spec, "n_train_images": len(train.ids),
                 "n_train_captions": len(data.samples),
+                "input": {name: split.input_counts for name, split in data.splits.items()},
+                "train_captions_cut_to_max_len": truncated,
                 "regions": {"source": rc.source, "oracle": rc.source == "oracle", "max_regions": rc.max_regions,
                             "level": rc.level},
                 "box_use": _box_use(params)}
