@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "flickr30k_entities, coco, referit, visual_genome")
     add_overrides(p)
     p.add_argument("--split", default="test", help="split to score: test (default), val, train, test_unseen "
-                   "(synthetic scenes), a COCO split such as val2014, or all; multi-MNIST takes val or test")
+                   "(synthetic scenes), a COCO split such as val2014, karpathy_test (Flickr30K Entities with "
+                   "dataset_flickr30k.json), or all; multi-MNIST takes val or test")
     p.add_argument("--max-images", type=int, help="score only the first N images of the split")
     p.add_argument("--out", type=Path, help="write the JSON report here (atomically)")
     _add_protocol_flags(p)
