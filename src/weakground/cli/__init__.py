@@ -13,10 +13,10 @@ import argparse
 import os
 import sys
 
-from weakground.cli import caption, data, evaluate, locate, presets, retrieve, serve, train
+from weakground.cli import caption, data, evaluate, export, locate, presets, retrieve, serve, train
 from weakground.errors import WeakgroundError
 
-COMMANDS = (train, evaluate, locate, caption, serve, data, retrieve, presets)
+COMMANDS = (train, evaluate, locate, caption, serve, data, retrieve, presets, export)
 
 EPILOG = """examples:
   weakground train                                   # MCB attention (Fang et al.) on 2x2 multi-MNIST, CPU preset
