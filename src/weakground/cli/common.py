@@ -26,7 +26,7 @@ def write_report(report: dict[str, Any], out: Path | None) -> None:
 
 def image_files(folder: Path) -> list[Path]:
     from weakground.errors import WeakgroundError
-    from weakground.engine.inference import IMAGE_SUFFIXES
+    from weakground.engine.inputs import IMAGE_SUFFIXES
 
     if not folder.is_dir():
         raise WeakgroundError(f"{folder}: not a folder")

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def gather_phrases(args: argparse.Namespace) -> list[str]:
     """The phrases from the command line and ``--phrases FILE``, checked like every other door's."""
-    from weakground.engine.inference import check_phrases
+    from weakground.engine.inputs import check_phrases
 
     phrases = list(args.phrases)
     if (args.folder is not None or args.demo is not None) and args.image is not None:
@@ -95,7 +95,7 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None]:
         if not Path(args.image).is_file():  # before a model loads for seconds only to find no image
             raise WeakgroundError(f"{args.image}: image file not found")
         return phrases, None
-    from weakground.engine.inference import IMAGE_SUFFIXES
+    from weakground.engine.inputs import IMAGE_SUFFIXES
 
     images = image_files(args.folder)
     if not images:
@@ -104,9 +104,9 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from weakground.engine.inference import load
-
     phrases, images = _inputs(args)
+    from weakground.engine.inference import load  # torch (1-2 s) only once the inputs are known to be good
+
     predictor = load(args.checkpoint if args.checkpoint is not None else (args.method or "bridge"),
                      method=args.method if args.checkpoint is not None else None, overrides=args.overrides)
     if images is None:

@@ -24,12 +24,11 @@ from torch import Tensor
 from weakground.config import (BackboneConfig, EvalConfig, ExperimentConfig, MethodConfig, OverridePolicy,
                                config_from_json, override_config)
 from weakground.errors import CheckpointError, ConfigError, InputError, WeakgroundError
+# Checked before any model (or torch) loads; re-exported here, where every door has always found them.
+from weakground.engine.inputs import IMAGE_SUFFIXES, MAX_PHRASE_CHARS, check_phrases  # noqa: F401
 from weakground.methods import Captioner, Grounder, InferenceSettings, create_method
 from weakground.metrics import heatmap_to_boxes, resize_heatmap
 from weakground.registry import METHODS
-
-MAX_PHRASE_CHARS = 1000  # a longer "phrase" is almost surely a pasted document; refuse it rather than guess
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # How a checkpoint reads images, as opposed to what it learned: the only settings eval/locate --set may change.
 CHECKPOINT_POLICY = OverridePolicy(("data.eval_resize", "eval.shift_average"),
@@ -84,28 +83,6 @@ def ground_maps(maps: Tensor, phrases: Sequence[str], threshold: float) -> list[
         results.append(Grounding(phrase, (x, y), float(hm.max()), [tuple(float(v) for v in b) for b in boxes.tolist()],
                                  [float(s) for s in scores], hm.numpy()))
     return results
-
-
-def check_phrases(phrases: Sequence[str], max_phrases: int | None = None) -> list[str]:
-    """Phrases with their whitespace normalised; one-line :class:`InputError` for an empty one, one over
-    :data:`MAX_PHRASE_CHARS`, control characters, none at all or more than ``max_phrases``."""
-    phrases = list(phrases)
-    if not phrases:
-        raise InputError("no phrase to ground: give one or more phrases")
-    if max_phrases is not None and len(phrases) > max_phrases:
-        raise InputError(f"{len(phrases)} phrases; the limit is {max_phrases} per request")
-    for i, phrase in enumerate(phrases, 1):
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise InputError(f"phrase {i} is empty")
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise InputError(f"phrase {i} is {len(phrase):,} characters long; the limit is {MAX_PHRASE_CHARS:,}")
-        if any(ord(c) < 32 and c not in "\t\n\r" for c in phrase):
-            raise InputError(f"phrase {i} contains control characters")
-        if any("\ud800" <= c <= "\udfff" for c in phrase):
-            # Python turns bytes that are not UTF-8 (a latin-1 shell, a binary file) into lone surrogates;
-            # grounding that text would silently look for a different phrase than the one typed.
-            raise InputError(f"phrase {i} is not valid UTF-8 text")
-    return [" ".join(p.split()) for p in phrases]
 
 
 def as_image_array(image: Any, channels: int) -> tuple[np.ndarray, str]:
