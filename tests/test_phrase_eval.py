@@ -14,6 +14,7 @@ Hand-checked numbers use the Flickr30K Entities fixture (tests/fixtures/flickr30
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -331,3 +332,33 @@ def test_cli_eval_checkpoint_of_another_method_is_one_line(mcb_checkpoint, capsy
     assert code == 2 and "--union applies to phrase grounding" in err
     code, _, err = run(capsys, "eval", "--checkpoint", mcb_checkpoint, "--split", "test_unseen")
     assert code == 2 and "multi-MNIST checkpoints are scored on val or test" in err
+
+
+class _PaintedMaps(CenterBaseline):
+    """Maps painted per phrase at the image's own size: an uneven person (a hot 2x2 patch inside a cool body), an
+    exact shirt, two cups (the first hotter), an exact post, nothing for the dogs."""
+
+    def heatmaps(self, images, phrases, inference=None):
+        maps = torch.zeros(images.shape[0], len(phrases), *images.shape[-2:])
+        for p, phrase in enumerate(phrases):
+            m = maps[0, p]
+            if phrase in ("man", "The performer", "A guy"):
+                m[0:20, 0:10] = 0.3
+                m[2:4, 2:4] = 1.0
+            elif phrase == "a red shirt":
+                m[4:12, 2:8] = 1.0
+            elif phrase in ("two cups", "cups"):
+                m[10:15, 20:25], m[10:16, 29:40] = 1.0, 0.8
+            elif phrase == "a post":
+                m[39, 49] = 1.0
+        return maps
+
+
+def test_box_accuracy_per_rule_hand_computed():
+    # 9 test queries. threshold@0.5: the person's box is its hot patch (IoU 4 / 200), the dogs get no box:
+    # shirt, two cups x2, post = 4 / 9. instance: the person grows to its body (x3) = 7 / 9.
+    report = evaluate_phrase_grounding(_PaintedMaps(CenterConfig()), FLICKR, "test")
+    assert report["n_evaluated"] == 9
+    assert report["box_accuracy"] == {"threshold@0.5": pytest.approx(4 / 9),
+                                      "instance(grow=0.3,min_peak=0.5)": pytest.approx(7 / 9)}
+    assert re.search(r"box acc, instance +0\.778  \(instance\(grow=0\.3,min_peak=0\.5\)\)", format_phrase_report(report))

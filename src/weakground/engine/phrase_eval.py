@@ -10,7 +10,9 @@
   image's resolution when shifted copies are averaged) for the pointing game, which resizes it to the image with
   :func:`~weakground.metrics.resize_heatmap`, or takes the grid argmax, as the protocol says.
 * Scores: the pointing game (:func:`~weakground.metrics.pointing_game`) under an explicit
-  :class:`~weakground.metrics.PointingProtocol`; attention correctness over the same scored queries; the centre
+  :class:`~weakground.metrics.PointingProtocol`; attention correctness and box accuracy (the top box of each
+  :class:`~weakground.metrics.BoxRule` at IoU >= 0.5 with any of the phrase's boxes) over the same scored
+  queries; the centre
   and random baselines over the same queries and protocol; a per-type breakdown; and, for methods with a joint
   image-text space (``has_joint_space``), Recall@K in both directions over the split's captions.
 * Bad input: the reader skips and counts what it cannot use (``file:line``); images that cannot be decoded,
@@ -25,7 +27,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -35,8 +37,10 @@ from weakground.data.types import ImageRecord, Phrase, Problem
 from weakground.errors import InputError, WeakgroundError
 from weakground.methods.base import Grounder
 from weakground.metrics import (
+    BoxRule,
     PointingProtocol,
     attention_correctness,
+    box_accuracy,
     breakdown_by_type,
     center_baseline,
     heatmap_point,
@@ -51,6 +55,9 @@ __all__ = ["evaluate_phrase_grounding", "protocol_line", "format_phrase_report",
 UNTYPED = "(untyped)"  # by_type key of phrases whose source gives no type (ReferIt, Visual Genome)
 _MAX_LISTED = 20  # file names listed per skip reason; the count is always complete
 _TEXT_CHUNK = 256  # captions encoded at once for retrieval
+# Box accuracy is reported for each: what `locate` draws today (components at half the peak) and one box per object.
+DEFAULT_BOX_RULES = (BoxRule("threshold", threshold=0.5), BoxRule("instance"))
+BOX_IOU = 0.5
 
 
 @dataclass
@@ -137,7 +144,8 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
                               *, strict: bool = False, max_images: int | None = None,
                               device: torch.device | str = "cpu", progress: bool = False,
                               visualize_dir: Path | None = None, n_visualize: int = 16,
-                              phrase_batch: int = 64) -> dict[str, Any]:
+                              phrase_batch: int = 64, box_rules: Sequence[BoxRule] = DEFAULT_BOX_RULES
+                              ) -> dict[str, Any]:
     """Score ``model``'s phrase heatmaps on one split of a dataset (see the module docstring).
 
     Args:
@@ -155,10 +163,11 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
             first ``n_visualize`` queries.
         n_visualize: how many queries to draw.
         phrase_batch: most phrases asked of one image in one ``grounding_maps`` call.
+        box_rules: the rules whose top box is scored for ``box_accuracy`` (keyed by :attr:`BoxRule.name`).
 
     Returns:
         ``{"pointing_accuracy", "n_queries", "n_evaluated", "n_hits", "n_images", "protocol", "baselines":
-        {"center", "random"}, "attention_correctness", "by_type": {type: {"pointing_accuracy",
+        {"center", "random"}, "attention_correctness", "box_accuracy": {rule name: accuracy}, "by_type": {type: {"pointing_accuracy",
         "attention_correctness", "count"}}, "skipped": {"reader", "images", "queries"}, "recall"`` (joint-space
         methods only) ``, "method", "visualizations", "seconds"}``. Accuracies are fractions in [0, 1]; ``None``
         where no query was scored.
@@ -175,7 +184,7 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
     result = read_dataset(spec, split=split, strict=strict)
     records = result.records[:max_images] if max_images is not None else result.records
     run = _Evaluation(model.to(device).eval(), protocol, channels, device, strict, phrase_batch, visualize_dir,
-                      n_visualize)
+                      n_visualize, tuple(box_rules))
     for record in tqdm(records, disable=not progress, desc="evaluate phrases", unit="image", leave=False):
         run.add(record)
     report = run.report({"dataset": spec, "format": fmt, "split": split, "max_images": max_images},
@@ -212,10 +221,12 @@ class _Evaluation:
     phrase_batch: int
     visualize_dir: Path | None
     n_visualize: int
+    box_rules: tuple[BoxRule, ...] = DEFAULT_BOX_RULES
     skips: _Skips = field(default_factory=_Skips)
     queries: list[_Query] = field(default_factory=list)
     hits: list[bool | None] = field(default_factory=list)
     correctness: list[float | None] = field(default_factory=list)  # aligned with hits; None where hit is None
+    top_boxes: list[list[Tensor] | None] = field(default_factory=list)  # aligned with hits: one box per rule
     n_images: int = 0
     n_without_queries: int = 0
     image_emb: list[Tensor] = field(default_factory=list)  # joint-space methods: one per scored image
@@ -270,13 +281,23 @@ class _Evaluation:
         image_hits = pointing_game([maps[q.text] for q in image_queries], [q.boxes for q in image_queries],
                                    [size] * len(image_queries), self.protocol)["hits"]
         for q, hit in zip(image_queries, image_hits):
-            # Attention correctness is averaged over exactly the queries the pointing game scores.
+            # Attention correctness and box accuracy are averaged over exactly the queries the pointing game scores.
             self.correctness.append(None if hit is None else attention_correctness(maps[q.text], q.boxes, size))
+            self.top_boxes.append(None if hit is None else self._top_boxes(maps[q.text], size))
             if self.visualize_dir is not None and len(self.drawn) < self.n_visualize:
                 self.drawn.append(str(_draw(image, maps[q.text], q, hit, self.protocol, Path(self.visualize_dir),
                                             len(self.drawn), record.image_id)))
         self.queries += image_queries
         self.hits += image_hits
+
+    def _top_boxes(self, heatmap: Tensor, size: tuple[int, int]) -> list[Tensor]:
+        resized = resize_heatmap(heatmap.detach().float(), size).cpu()
+        return [rule.top_box(resized) for rule in self.box_rules]
+
+    def _box_accuracy(self) -> dict[str, float]:
+        scored = [(boxes, q.boxes) for boxes, q in zip(self.top_boxes, self.queries) if boxes is not None]
+        return {rule.name: box_accuracy([b[i] for b, _ in scored], [gt for _, gt in scored], BOX_IOU)
+                if scored else float("nan") for i, rule in enumerate(self.box_rules)}
 
     def report(self, source: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
         """The report :func:`evaluate_phrase_grounding` returns, without ``seconds`` and with NaN left in.
@@ -299,10 +320,15 @@ class _Evaluation:
                 "accuracy": "per query: each phrase mention in each caption (and each labelled object) is one query",
                 "heatmap_resize": "bilinear, align_corners=False, to the annotated image size",
                 "attention_correctness": "mean over the queries the pointing game scores",
+                "box_accuracy": f"per rule, its top box has IoU >= {BOX_IOU} with any ground-truth box of the "
+                                "phrase, over the queries the pointing game scores; threshold@t: 8-connected "
+                                "regions of the map >= t x its maximum (what locate draws), instance: one region "
+                                "grown from each peak (weakground.metrics.instances)",
             },
             "baselines": {"center": center_baseline(boxes, sizes, self.protocol),
                           "random": random_baseline_accuracy(boxes, sizes, self.protocol)},
             "attention_correctness": _mean([a for a in self.correctness if a is not None]),
+            "box_accuracy": self._box_accuracy(),
             "by_type": by_type,
             "skipped": self._skipped(problems, len(scored)),
         }
@@ -399,6 +425,8 @@ def format_phrase_report(report: dict[str, Any], max_types: int = 12) -> str:
             ("center baseline", _fmt(report["baselines"]["center"])),
             ("random baseline", _fmt(report["baselines"]["random"])),
             ("attention_correctness", _fmt(report["attention_correctness"])),
+            *[(f"box acc, {rule.split('@')[0].split('(')[0]}", f"{_fmt(value)}  ({rule})")
+              for rule, value in report.get("box_accuracy", {}).items()],
             ("queries scored / all", f"{report['n_evaluated']} / {report['n_queries']}"),
             ("images", str(report["n_images"])),
             ("images skipped", str(skipped["images"]["count"])),

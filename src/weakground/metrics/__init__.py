@@ -6,6 +6,7 @@ Boxes are ``xyxy`` in pixel edges, 0-based, with exclusive ``x2``/``y2``: ``area
 from weakground.metrics.boxes import box_iou, heatmap_to_boxes, peak_box, resize_heatmap
 # pycocoevalcap (and its Java tools) is imported only inside caption_scores, so this import stays light.
 from weakground.metrics.captioning import CAPTION_METRICS, caption_scores, grounding_f1, simple_tokenize
+from weakground.metrics.instances import BoxRule, instance_boxes
 from weakground.metrics.detection import average_precision, class_average_precision, match_detections, mean_ap
 from weakground.metrics.pointing import (
     PointingProtocol,
@@ -23,6 +24,7 @@ from weakground.metrics.ranking import auroc
 from weakground.metrics.retrieval import recall_at_k, retrieval_ranks, retrieval_report
 
 __all__ = [
+    "BoxRule",
     "CAPTION_METRICS",
     "PointingProtocol",
     "attention_correctness",
@@ -44,6 +46,7 @@ __all__ = [
     "class_average_precision",
     "grounding_f1",
     "heatmap_to_boxes",
+    "instance_boxes",
     "match_detections",
     "mean_ap",
     "peak_box",
