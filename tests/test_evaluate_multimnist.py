@@ -95,3 +95,45 @@ def test_patch_protocol_needs_patch_boxes(scenes):
     bare = dataclasses.replace(scenes, patch_boxes=[])
     with pytest.raises(ConfigError, match="carries no patch boxes"):
         evaluate_label_grounding(PatchOracle(bare), bare, EvalConfig(ground_truth="patch"))
+
+
+class AbsentBlobOracle(torch.nn.Module):
+    """Class c's map: 0.5 on the ink box of the image's digit when it is c; a blob of 1.0 in the corner when c
+    is absent (the confident false answer the absent-detection protocol must see)."""
+
+    def __init__(self, dataset) -> None:
+        super().__init__()
+        self.dataset, self.class_names, self.seen = dataset, [str(c) for c in range(10)], 0
+
+    def grounding_maps(self, images: torch.Tensor, names: list[str]) -> torch.Tensor:
+        b, _, h, w = images.shape
+        maps = torch.zeros(b, len(names), h, w)
+        maps[:, :, 0:4, 0:4] = 1.0
+        for k in range(b):
+            i = self.seen + k
+            for (x1, y1, x2, y2), c in zip(self.dataset.boxes[i].astype(int), self.dataset.labels[i]):
+                maps[k, c] = 0.0
+                maps[k, c, y1:y2, x1:x2] = 0.5
+        self.seen += b
+        return maps
+
+
+def test_absent_class_blobs_are_false_positives_only_when_counted():
+    one_digit = MultiMnistSpec(layout="free", canvas=56, min_digits=1, max_digits=1, noise_std=0.0)
+    data = make_multimnist(one_digit, 12, pool="test", seed=3)
+    ignored = evaluate_label_grounding(AbsentBlobOracle(data), data, EvalConfig(absent_detections="ignore"))
+    assert ignored["ap50"] == pytest.approx(100.0) and ignored["absent_auroc"] == 0.0
+    counted = evaluate_label_grounding(AbsentBlobOracle(data), data, EvalConfig())
+    # Class c: G_c images show it (true positives, score 0.5), the other 12 - G_c each give one false positive
+    # scored 1.0, ranked first: AP_c = G_c / 12; the mean runs over the classes that occur.
+    counts = np.bincount(np.concatenate(data.labels), minlength=10)
+    expected = 100.0 * np.mean([g / 12 for g in counts if g > 0])
+    for key in ("ap30", "ap40", "ap50", "map"):
+        assert counted[key] == pytest.approx(expected)
+    assert counted["protocol"]["absent_detections"].startswith("the boxes on absent classes' maps")
+
+
+def test_unknown_absent_detection_rule_is_a_config_error():
+    data = make_multimnist(MultiMnistSpec(noise_std=0.0), 2, pool="test", seed=1)
+    with pytest.raises(ConfigError, match="absent_detections"):
+        evaluate_label_grounding(AbsentBlobOracle(data), data, EvalConfig(absent_detections="sometimes"))

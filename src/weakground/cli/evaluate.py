@@ -20,7 +20,9 @@ checkpoint's learned settings are fixed; --set eval.shift_average=N (heatmaps av
 Multi-MNIST (--checkpoint only, no --data): rebuild the test split from the checkpoint's data settings \
 (overridable with --set data.KEY=VALUE) and score boxes from the method's heatmaps against the digits' ink boxes, \
 or with --set eval.ground_truth=patch against the 28x28 patches they were pasted into; the box threshold is the \
-one chosen on validation at training (against ink boxes), --set eval.box_threshold=F replaces it."""
+one chosen on validation at training (against ink boxes), --set eval.box_threshold=F replaces it. AP counts \
+the boxes on absent digits' maps as false positives (--set eval.absent_detections=ignore: the older protocol, \
+the present digits only; checkpoints written before the option existed default to it)."""
 
 EXAMPLES = """examples:
   weakground eval --method center --data flickr30k_entities:/data/flickr30k --split test --out center.json
@@ -101,9 +103,9 @@ def _eval_multimnist(args: argparse.Namespace) -> int:
     model, config = load_checkpoint(args.checkpoint, device)
     if isinstance(model, Captioner):
         return _eval_captioner(args, model, config)
-    policy = OverridePolicy(("data.*", "eval.ground_truth", "eval.box_threshold"),
-                            "only data.KEY=VALUE, eval.ground_truth=ink|patch and eval.box_threshold=F apply to "
-                            "multi-MNIST evaluation")
+    policy = OverridePolicy(("data.*", "eval.ground_truth", "eval.box_threshold", "eval.absent_detections"),
+                            "only data.KEY=VALUE, eval.ground_truth=ink|patch, eval.box_threshold=F and "
+                            "eval.absent_detections=count|ignore apply to multi-MNIST evaluation")
     config = override_config(config, args.overrides, policy, "eval")
     split = build_splits(config.data, (args.split,))[args.split]
     report = evaluate_label_grounding(model, split, config.eval, device, args.max_images,

@@ -4,9 +4,13 @@ For every test image the method is asked every class. For each class present in 
 (resized to the image) gives boxes by :func:`~weakground.metrics.heatmap_to_boxes`; the box around the global
 peak is scored by IoU with the nearest ground-truth box of that class (average IoU, Table 1), all boxes with
 their peak values feed per-class AP at each IoU threshold (Table 2), and the peak's position gives a pointing hit.
-For classes absent from the image, the peak value is compared with the present classes' peaks (AUROC): a map
-that stays blank for an absent digit scores 1.0. The ground-truth boxes are the digits' tight ink boxes, or with
-``eval.ground_truth: patch`` the 28x28 patches they were pasted into (Fang et al. does not say which it scored).
+With ``eval.absent_detections: count`` (the default) the boxes of the classes absent from the image feed AP too,
+as false positives, as detection AP counts them: a confident blob on an absent digit's map costs precision.
+(``ignore``: only the present classes' boxes are scored, the protocol of the earlier tables, which such a blob
+leaves unchanged.) For classes absent from the image, the peak value is also compared with the present classes'
+peaks (AUROC): a map that stays blank for an absent digit scores 1.0. The ground-truth boxes are the digits' tight
+ink boxes, or with ``eval.ground_truth: patch`` the 28x28 patches they were pasted into (Fang et al. does not say
+which it scored).
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from weakground.metrics import auroc, box_iou, class_average_precision, mean_ap,
 
 GROUND_TRUTH_BOXES = {"ink": "tight box of each digit's ink, pixel edges",
                       "patch": "the 28x28 patch each digit was pasted into (its grid cell), pixel edges"}
+ABSENT_DETECTIONS = {"count": "the boxes on absent classes' maps are false positives (detection AP)",
+                     "ignore": "only the present classes' maps are boxed (absent false positives not seen)"}
 
 
 def check_ground_truth(config: EvalConfig) -> None:
-    """Raises ConfigError, in one line, for an unknown ``eval.ground_truth``."""
+    """Raises ConfigError, in one line, for an unknown ``eval.ground_truth`` or ``eval.absent_detections``."""
     check_choice(config, "ground_truth", tuple(GROUND_TRUTH_BOXES), section="eval")
+    check_choice(config, "absent_detections", tuple(ABSENT_DETECTIONS), section="eval")
 
 
 def ground_truth_boxes(dataset: Any, config: EvalConfig) -> list[np.ndarray]:
@@ -56,6 +63,7 @@ def protocol_description(config: EvalConfig) -> dict[str, Any]:
                             "bilinear resizing to the image; box score = component peak",
         "avg_iou": "IoU of the box around the global peak with the closest ground-truth box of the queried class",
         "ap": "VOC all-point AP per class over all test images, greedy matching by score, mean over classes",
+        "absent_detections": ABSENT_DETECTIONS[config.absent_detections],
         "map": "mean of AP over the IoU thresholds",
         "iou_thresholds": list(config.iou_thresholds),
         "pointing": "hit if the resized map's argmax lies inside a ground-truth box of the queried class",
@@ -76,11 +84,17 @@ class _Tally:
     ground_truth: list[tuple] = field(default_factory=list)
 
     def add_image(self, i: int, maps: torch.Tensor, boxes: torch.Tensor, labels: np.ndarray, names: list[str],
-                  threshold: float) -> None:
-        """Score one image's ``[K, H, W]`` maps (every class asked) against its boxes and labels."""
+                  threshold: float, absent_detections: bool = True) -> None:
+        """Score one image's ``[K, H, W]`` maps (every class asked) against its boxes and labels; with
+        ``absent_detections`` the absent classes' boxes are detections too (with no ground truth: false positives)."""
         present = [c for c in range(len(names)) if c in labels]
+        absent = [c for c in range(len(names)) if c not in present]
         for c in range(len(names)):
             (self.pos_peaks if c in present else self.neg_peaks).append(float(maps[c].max()))
+        if absent_detections and absent:
+            for c, found in zip(absent, ground_maps(maps[absent], [names[c] for c in absent], threshold)):
+                self.detections.append((i, c, torch.tensor(found.boxes, dtype=torch.float32).reshape(-1, 4),
+                                        torch.tensor(found.box_scores, dtype=torch.float32)))
         for c, found in zip(present, ground_maps(maps[present], [names[c] for c in present], threshold)):
             gt = boxes[torch.from_numpy(labels == c)]
             self.ground_truth.append((i, c, gt))
@@ -134,7 +148,8 @@ def evaluate_label_grounding(
         maps = resize_heatmap(model.grounding_maps(images, names).float(), tuple(size)).cpu()  # [B, K, H, W]
         for b in range(stop - start):
             tally.add_image(start + b, maps[b], torch.as_tensor(all_boxes[start + b], dtype=torch.float32),
-                            np.asarray(dataset.labels[start + b]), names, config.box_threshold)
+                            np.asarray(dataset.labels[start + b]), names, config.box_threshold,
+                            config.absent_detections == "count")
     report = tally.report(config, names)
     report["n_images"] = n
     report["n_queries"] = len(tally.ious)
