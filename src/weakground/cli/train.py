@@ -11,7 +11,9 @@ from weakground.cli.common import add_overrides
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a method from a preset, evaluate it, write a report and a figure",
                        description="Train (backbone pretraining, then end-to-end), evaluate on the test split, and "
-                       "write config.json, CSV logs, checkpoints, report.json and grounding.png to --out.")
+                       "write config.json, CSV logs, checkpoints, report.json and grounding.png to --out. Under "
+                       "`torchrun --nproc_per_node N -m weakground train ...` it trains data-parallel on N processes "
+                       "(docs/distributed.md).")
     p.add_argument("--preset", default="quickstart", help="preset name (see `weakground presets`) or a YAML path "
                    "(default: quickstart)")
     add_overrides(p)
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     # What the user --set on purpose may differ from the run being resumed; anything else is refused.
     explicit = [o.split("=", 1)[0].strip() for o in args.overrides]
     report = run_experiment(config, out, resume=args.resume, progress=not args.no_progress, allowed_changes=explicit)
+    if not report:  # a torchrun process other than rank 0: rank 0 prints the summary
+        return 0
     task_for(config).print_summary(config, report, out)
     print(f"checkpoint: {report['train']['checkpoint']}")
     return 0

@@ -7,6 +7,10 @@
     -> settings chosen on validation -> the task's test report -> report.json
 
 Nothing here knows a dataset's or a method's name: tasks and methods come from their registries.
+
+Under torchrun (docs/distributed.md) every rank builds the method and the data and trains its slice of each batch;
+rank 0 alone writes config.json, checkpoints, logs, report.json and figures, and alone runs the steps after
+training (threshold choice, test), while the other ranks return as soon as training is done.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from weakground.version import __version__
 from weakground.config import ExperimentConfig, to_dict
 from weakground.data.sources import unused_data_settings
+from weakground.engine import distributed
 from weakground.engine.checkpoint import atomic_write_text, checkpoint_meta, load_weights, read_checkpoint
 from weakground.engine.inference import build_trained_method
 from weakground.engine.tasks import Task, task_for
@@ -88,8 +93,9 @@ def _train(task: Task, model: Grounder, config: ExperimentConfig, data: Any, run
     trainer = Trainer(model, config.train, run_dir, checkpoint_meta(config, model.class_names), stage="train",
                       evaluate=task.validate(config, data, device), best_key=task.best_key, progress=progress)
     result = trainer.fit(make_batches, steps, resume=resume)
-    state, _ = read_checkpoint(trainer.best_path)
-    load_weights(trainer.best_path, model, state)
+    if distributed.is_main():  # the ranks that return after training need no best weights
+        state, _ = read_checkpoint(trainer.best_path)
+        load_weights(trainer.best_path, model, state)
     model.to(device).eval()
     return trainer, result
 
@@ -132,24 +138,40 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, resume: bool = False
                    figure: bool = True, allowed_changes: Sequence[str] = ()) -> dict[str, Any]:
     """Train and evaluate ``config``; writes ``config.json``, logs, checkpoints, ``report.json`` (and figures).
     With ``resume``, a config that differs from the run's saved one is refused unless its differing keys are in
-    ``allowed_changes`` (:func:`check_resumed_config`)."""
+    ``allowed_changes`` (:func:`check_resumed_config`).
+
+    Under torchrun (``WORLD_SIZE`` > 1) each process joins the process group here; ranks other than 0 return
+    ``{}`` once training is done (rank 0 alone reports)."""
     t0 = time.time()
-    run_dir = Path(run_dir)
-    if resume:
-        check_resumed_config(config, run_dir, allowed_changes)
-    task, model, init_from = _build(config, progress)
-    data = task.load_data(config, progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
+    with distributed.session(resolve_device(config.train.device).type):
+        distributed.check_batch_size(config.train.batch_size, "train.batch_size")  # before any data is made
+        return _run(config, Path(run_dir), resume, progress and distributed.is_main(), figure, allowed_changes, t0)
+
+
+def _run(config: ExperimentConfig, run_dir: Path, resume: bool, progress: bool, figure: bool,
+         allowed_changes: Sequence[str], t0: float) -> dict[str, Any]:
+    main = distributed.is_main()
+    with distributed.local_main_first():  # data and caches made by one process per node, then read by the rest
+        task, model, init_from = _build(config, progress)
+        if resume:  # after _build: a task writes what it derives into the config (a captioner's object words),
+            check_resumed_config(config, run_dir, allowed_changes)  # as the saved config.json has it
+        data = task.load_data(config, progress)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(config), indent=2))
     report: dict[str, Any] = {"name": config.name, "method": config.method.name, "task": task.name,
                               **task.report_header(config, data), "machine": machine_description(),
                               "weakground_version": __version__}
+    if distributed.world_size() > 1:
+        report["distributed"] = {"processes": distributed.world_size(), "global_batch_size": config.train.batch_size}
     if init_from is not None:
         report["init_from"] = init_from
         print(f"starting from {config.train.init_from} (its weights are already trained: no pretraining)")
     else:
         task.before_training(model, config, run_dir, progress, resume, report)
     trainer, result = _train(task, model, config, data, run_dir, resume, progress)
+    if not main:
+        return {}
     device = resolve_device(config.train.device)
     config = task.after_training(model, config, data, device, trainer.best_path, report)
     report["train"] = {"history": result["history"], "best_val": result["best"], "seconds": round(time.time() - t0, 1),

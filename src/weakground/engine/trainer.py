@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from weakground.config import TrainConfig
+from weakground.engine import distributed
 from weakground.engine.checkpoint import (atomic_write_text, kill_point, load_for_resume, previous_path,
                                          refresh_json_copy, remove_stale_temporaries, save_checkpoint, stored_meta)
 from weakground.errors import ConfigError
@@ -31,6 +32,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and distributed.active():
+        device = torch.device("cuda", distributed.local_rank())  # one GPU per process, as torchrun numbers them
     if device.type == "cuda":
         # TF32 matrix products: ~8x float32 throughput on Ampere/Hopper, well within this model's noise.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -87,6 +90,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.last_path = self.ckpt_dir / f"{stage}_last.safetensors"
         self.best_path = self.ckpt_dir / f"{stage}_best.safetensors"
+        self.train_loss = model.loss  # model.loss, or its DDP wrapper while fit runs under torchrun
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = self.model.param_groups(self.config.lr, self.config.backbone_lr_mult)
@@ -105,17 +109,25 @@ class Trainer:
 
         Epoch e draws its batches from ``np.random.default_rng([seed, e])`` and seeds torch with the same pair,
         so a resumed run sees exactly the data order and random draws an uninterrupted run would have seen.
+        Under torchrun every rank runs this with the same global batches (each keeps its slice of the rows, see
+        :mod:`weakground.engine.distributed`); only rank 0 validates, logs and writes files.
         """
         cfg = self.config
+        distributed.check_batch_size(cfg.batch_size, f"{self.stage}.batch_size")
         self.model.to(self.device)
+        self.train_loss = distributed.data_parallel(self.model, self.device)
         optimizer = self._optimizer()
-        resumable = resume and (self.last_path.is_file() or previous_path(self.last_path).is_file())
-        start_epoch, history, best = self._resume(optimizer) if resumable else (0, [], None)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.last_path.parent)
+        main = distributed.is_main()
+        with distributed.main_first():  # rank 0 repairs what a kill left behind; the others then read it
+            resumable = resume and (self.last_path.is_file() or previous_path(self.last_path).is_file())
+            start_epoch, history, best = self._resume(optimizer) if resumable else (0, [], None)
+        distributed.agree(start_epoch, f"{self.stage}: the epoch --resume continues after")
         log_path = self.run_dir / f"{self.stage}_log.csv"
-        truncate_log(log_path, start_epoch)
-        log = _StepLog(log_path, self._tensorboard(), self.stage)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.last_path.parent)
+            truncate_log(log_path, start_epoch)
+        log = _StepLog(log_path if main else None, self._tensorboard() if main else None, self.stage)
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
@@ -126,10 +138,14 @@ class Trainer:
                 history.append(record)
                 summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
                 print(f"{self.stage} epoch {epoch + 1}/{cfg.epochs}: {summary}")
-                best = self._save(epoch, record, history, best, optimizer)
+                if main:
+                    best = self._save(epoch, record, history, best, optimizer)
         finally:
             log.close()
-        atomic_write_text(self.run_dir / f"{self.stage}_history.json", json.dumps({"history": history, "best": best}, indent=2))
+            self.train_loss = self.model.loss  # let the DDP wrapper go before the process group does
+        if main:
+            atomic_write_text(self.run_dir / f"{self.stage}_history.json",
+                              json.dumps({"history": history, "best": best}, indent=2))
         return {"history": history, "best": best}
 
     def _resume(self, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
@@ -139,6 +155,8 @@ class Trainer:
         train_state = meta["train_state"]
         start_epoch, best = train_state["epoch"], train_state.get("best")
         best_epoch = _train_epoch_of(self.best_path)
+        if not distributed.is_main():  # rank 0 repaired the files before this rank read them
+            return start_epoch, train_state.get("history", []), best
         if best is not None and best.get("epoch") == start_epoch and best_epoch != start_epoch:
             # Killed between `last` and `best`: the weights just loaded are the best epoch's; write them as best.
             save_checkpoint(self.best_path, self.model, {k: v for k, v in meta.items() if k != "optimizer_layout"})
@@ -149,14 +167,16 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, make_batches: Callable[[np.random.Generator], Iterable[Batch]],
                      steps_per_epoch: int, optimizer: torch.optim.Optimizer, log: "_StepLog") -> int:
-        """One epoch of steps; returns the batch size (for the throughput line)."""
+        """One epoch of steps; returns the (global) batch size (for the throughput line)."""
         from tqdm.auto import tqdm
 
         cfg = self.config
         self.model.train()
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        # Each rank its own torch stream (dropout masks), offset so that rank 0 draws what a single process would;
+        # the batches come from the numpy generator, the same on every rank.
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * distributed.rank())
         rng = np.random.default_rng([cfg.seed, epoch])
-        bar = tqdm(make_batches(rng), total=steps_per_epoch, disable=not self.progress,
+        bar = tqdm(make_batches(rng), total=steps_per_epoch, disable=not (self.progress and distributed.is_main()),
                    desc=f"{self.stage} {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
         batch: Batch = {}
         for i, batch in enumerate(bar):
@@ -164,39 +184,49 @@ class Trainer:
             factor = lr_factor(step, cfg.epochs * steps_per_epoch, cfg.warmup_steps, cfg.schedule)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            log.add(self._step(batch, step, optimizer))
+            log.add(self._step(*distributed.shard(batch), step, optimizer))
             if (i + 1) % self.log_every == 0 or i + 1 == steps_per_epoch:
                 running = log.flush({"epoch": epoch + 1, "step": step + 1, "lr": cfg.lr * factor}, step + 1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k in ("total", "accuracy")})
         return self._batch_size(batch)
 
-    def _step(self, batch: Batch, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """One optimisation step; returns the batch's losses."""
+    def _step(self, batch: Batch, share: float, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One optimisation step on this rank's ``share`` of the global batch; returns the global batch's losses."""
         cfg = self.config
         # Tensors go to the device; text (caption lists) stays as it is for the method's tokenizer.
         batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
         use_amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            losses = self.model.loss(batch)
+            losses = self.train_loss(batch)
+        # Reduced before backward, so a non-finite loss on any rank stops every rank at the same step.
+        values = distributed.weighted_mean({k: float(v.detach()) for k, v in losses.items()}, share)
+        if not math.isfinite(values["total"]):
+            raise FloatingPointError(f"{self.stage}: loss became {values['total']} at step {step}")
         total = losses["total"]
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"{self.stage}: loss became {total.item()} at step {step}")
+        # DDP averages gradients over ranks; scaling each rank's mean by its share of the rows times the number of
+        # ranks makes that average the global batch's per-row mean even when a short last batch splits unevenly.
+        scale = share * distributed.world_size()
+        if scale != 1.0:
+            total = total * scale
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         optimizer.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return values
 
     def _validate(self, epoch: int, record: dict[str, Any], log: "_StepLog", steps_per_epoch: int) -> None:
         cfg = self.config
         last_epoch = epoch + 1 == cfg.epochs
         if self.evaluate is None or not (last_epoch or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)):
             return
-        self.model.eval()
-        with torch.no_grad():
-            record.update(self.evaluate(self.model))
+        scores: dict[str, float] = {}
+        if distributed.is_main():  # validation on rank 0 alone, while the others wait for its scores
+            self.model.eval()
+            with torch.no_grad():
+                scores = self.evaluate(self.model)
+        record.update(distributed.from_main(scores))  # every rank's history then reads as rank 0's
         log.scalars({f"val_{k}": v for k, v in record.items() if isinstance(v, (int, float))},
                     (epoch + 1) * steps_per_epoch)
 
@@ -258,10 +288,11 @@ def _train_epoch_of(path: Path) -> int | None:
 
 class _StepLog:
     """The step log: running loss means written to ``<stage>_log.csv`` every ``log_every`` steps (appended to on
-    ``--resume``), and mirrored to TensorBoard when it is on."""
+    ``--resume``), and mirrored to TensorBoard when it is on. With no ``path`` (a rank other than 0) it only
+    keeps the running means."""
 
-    def __init__(self, path: Path, writer: Any, stage: str) -> None:
-        self.file = open(path, "a", newline="")
+    def __init__(self, path: Path | None, writer: Any, stage: str) -> None:
+        self.file = open(path, "a", newline="") if path is not None else None
         self.writer, self.stage = writer, stage
         self.csv: csv.DictWriter | None = None
         self.running: dict[str, float] = {}
@@ -276,6 +307,9 @@ class _StepLog:
         """Write one row (``head`` then the means since the last row); returns those means."""
         means = {k: v / self.n for k, v in self.running.items()}
         row = {**head, **means}
+        if self.file is None:
+            self.running, self.n = {}, 0
+            return means
         if self.csv is None:
             self.csv = csv.DictWriter(self.file, fieldnames=list(row), extrasaction="ignore")
             if self.file.tell() == 0:
@@ -292,6 +326,7 @@ class _StepLog:
                 self.writer.add_scalar(f"{self.stage}/{k}", v, step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.writer is not None:
             self.writer.close()
