@@ -12,8 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web app and JSON API: upload a photo, type phrases, see heatmaps, points, "
                        "boxes", description="Serve a page and a JSON API (POST /api/locate, GET /api/health, "
                        "GET /api/methods; typed schema at /openapi.json) that ground phrases in an "
-                       "uploaded photo with the same model as `locate`. The model loads once at startup; requests "
-                       "run one at a time through it. Needs the `serve` extra: pip install 'weakground[serve]'.")
+                       "uploaded photo with the same model as `locate`. The model loads once at startup; concurrent "
+                       "requests are micro-batched through it (--max-batch, --batch-wait-ms). Needs the `serve` extra: pip install 'weakground[serve]'.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
                    "only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -33,6 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="uploads are decoded with their long side cut to PX pixels, so a 90 MP photo costs "
                    "what a 1 MP one does; answers stay in the photo's own pixels (default: 1024; bridge reads "
                    "448, trained methods their input size)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="concurrent requests run through the model in one call at most (bridge: their phrases in "
+                   "one text-encoder call, equal-sized images in one image-encoder batch); 1 runs them one at "
+                   "a time. Answers are the same either way, to float rounding (default: 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="after a batch's first request, how long to wait for more before running it: latency "
+                   "added to a lone request, at most (default: 5; 0 takes only what is already waiting)")
     p.set_defaults(func=run)
 
 
@@ -45,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise WeakgroundError(f"--timeout-s {args.timeout_s:g}: must be > 0")
     if args.max_queue < 1:
         raise WeakgroundError(f"--max-queue {args.max_queue}: must be >= 1")
+    if args.max_batch < 1:
+        raise WeakgroundError(f"--max-batch {args.max_batch}: must be >= 1")
+    if not 0 <= args.batch_wait_ms <= 1000:
+        raise WeakgroundError(f"--batch-wait-ms {args.batch_wait_ms:g}: must lie in 0..1000")
     if args.work_side < 64:
         raise WeakgroundError(f"--work-side {args.work_side}: must be >= 64 pixels")
     for path in (args.checkpoint, args.caption_checkpoint):
@@ -68,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(method=args.method, checkpoint=args.checkpoint, caption_checkpoint=args.caption_checkpoint,
                              timeout_s=args.timeout_s, max_queue=args.max_queue, work_side=args.work_side,
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     try:
         serve(settings, host=args.host, port=args.port)

@@ -145,12 +145,32 @@ class Predictor:
         """:meth:`locate` for a decoded uint8 image (what the web app holds after decoding an upload)."""
         from weakground.io import image_to_tensor
 
+        threshold = self.checked_threshold(threshold)
+        phrases = check_phrases(phrases)
+        maps = self.heatmaps(image_to_tensor(image), phrases)
+        return self.ground(image, maps[0], phrases, threshold)
+
+    def checked_threshold(self, threshold: float | None) -> float:
+        """The box threshold to use (default: :attr:`box_threshold`); :class:`InputError` outside [0, 1]."""
         threshold = self.box_threshold if threshold is None else threshold
         if not 0.0 <= threshold <= 1.0:
             raise InputError(f"threshold {threshold}: must lie in [0, 1] (a fraction of the map's peak)")
-        phrases = check_phrases(phrases)
-        maps = self.heatmaps(image_to_tensor(image), phrases)
-        return ground_maps(resize_heatmap(maps.float().cpu(), tuple(image.shape[:2]))[0], phrases, threshold)
+        return threshold
+
+    def ground(self, image: np.ndarray, maps: Tensor, phrases: Sequence[str], threshold: float) -> list[Grounding]:
+        """One image's ``[P, h, w]`` maps (from :meth:`heatmaps`) resized to ``image`` and grounded."""
+        return ground_maps(resize_heatmap(maps.float().cpu(), tuple(image.shape[:2])), phrases, threshold)
+
+    def heatmaps_many(self, images: Sequence[Tensor], phrases: Sequence[Sequence[str]]) -> list[Tensor]:
+        """:meth:`heatmaps` of several requests, each ``[1, C, H, W]`` with its own phrases -> one ``[1, P_i, h,
+        w]`` per request. A method with a batched path (``bridge``'s ``heatmaps_many``) runs them together;
+        any other, or one averaging shifted copies, runs them one after the other."""
+        batched = getattr(self.model, "heatmaps_many", None)
+        settings = getattr(self.model, "inference", None)
+        if batched is None or (settings is not None and settings.shift_average > 1):
+            return [self.heatmaps(image, texts) for image, texts in zip(images, phrases)]
+        with torch.no_grad():
+            return batched([image.to(self.device) for image in images], [list(texts) for texts in phrases])
 
     def locate(self, image: Any, phrases: Sequence[str], threshold: float | None = None) -> list[Grounding]:
         """Ground each phrase in ``image`` (a path, a PIL image or a uint8 ``[H, W(, 3)]`` array)."""

@@ -335,14 +335,51 @@ class Bridge(Grounder):
             (4x its stride-32 grid); resize with :func:`weakground.metrics.resize_heatmap`.
         """
         self.check_images(images)
-        device = self.encoder.classifier.weight.device
         if not phrases:
             return images.new_zeros((images.shape[0], 0, 1, 1))
-        text = self.text_weights(list(phrases)).to(device)  # [P, 1000]
+        text = self.text_weights(list(phrases)).to(self.encoder.classifier.weight.device)  # [P, 1000]
+        return self._maps(images, phrases, text, self._heads([images])[0])
+
+    @torch.no_grad()
+    def heatmaps_many(self, images: list[Tensor], phrases: list[list[str]]) -> list[Tensor]:
+        """:meth:`heatmaps` of several requests at once (the server's micro-batches): each image ``[1, 1|3, H,
+        W]`` with its own phrases. Every phrase of every request goes through the text encoder in one call, and
+        images whose working size is the same go through the image encoder as one batch; the maps equal the
+        one-request ones to float tolerance (shapes are grouped exactly, nothing is padded: padding would leak
+        into the global-mean evidence and the border convolutions)."""
+        for image, texts in zip(images, phrases):
+            self.check_images(image)
+            if not texts:
+                raise InputError("no phrase to ground")
+        flat = [p for texts in phrases for p in texts]
+        text = self.text_weights(flat).to(self.encoder.classifier.weight.device).split([len(t) for t in phrases])
+        return [self._maps(image, texts, weights, heads)
+                for image, texts, weights, heads in zip(images, phrases, text, self._heads(images))]
+
+    def _heads(self, images: list[Tensor]) -> list[dict[float, Tensor]]:
+        """Per ``[B, C, H, W]`` tensor of ``images``, its head maps at each scale; tensors whose working size
+        is the same share one encoder pass."""
+        device = self.encoder.classifier.weight.device
+        heads: list[dict[float, Tensor]] = [{} for _ in images]
+        for scale in sorted(self.config.scales):
+            prepared = [self._prepare(image.to(device), scale) for image in images]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, tensor in enumerate(prepared):
+                groups.setdefault(tuple(tensor.shape[1:]), []).append(i)
+            for members in groups.values():
+                head = self.encoder(torch.cat([prepared[i] for i in members]), levels=("head",))["head"]
+                sizes = [prepared[i].shape[0] for i in members]
+                for i, part in zip(members, head.split(sizes)):
+                    heads[i][scale] = part
+        return heads
+
+    def _maps(self, images: Tensor, phrases: list[str], text: Tensor, heads: dict[float, Tensor]) -> Tensor:
+        """The phrases' normalised maps from the images' head maps (``heads``: scale -> ``[B, 1280, h, w]``)
+        and the text weights ``[P, 1000]``."""
         maps: list[Tensor] = []
         evidence: Tensor | None = None
-        for scale in sorted(self.config.scales):
-            head = self.encoder(self._prepare(images.to(device), scale), levels=("head",))["head"]
+        for scale in sorted(heads):
+            head = heads[scale]
             if evidence is None:  # the image's class probabilities, from the first (smallest) scale
                 evidence = torch.softmax(self.encoder.logits(head), dim=-1)  # [B, 1000]
             weights = text[None] * (evidence[:, None] + self.config.evidence_floor) ** self.config.evidence_power

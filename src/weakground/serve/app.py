@@ -13,7 +13,10 @@ because they load their scripts from a CDN, and this app works offline):
 Robustness, which the tests check one case at a time:
 
 * the model is built once, in the lifespan handler (so importing this module loads nothing), and inference is
-  serialised by a lock: one model, one request at a time through it;
+  serialised by a lock: one model, one batch at a time through it. Concurrent requests are micro-batched
+  (:mod:`weakground.serve.batching`): one worker takes up to ``max_batch`` waiting requests, waiting at most
+  ``batch_wait_ms`` for more, and runs them through the model in one call; the answers are each request's
+  own, as if it had come alone (to float tolerance, ``tests/test_serve_batching.py``);
 * a request body over the upload limit is refused with 413 as soon as its ``Content-Length`` says so, or as soon
   as the bytes received pass the limit (chunked uploads), before the rest is read;
 * the image is decoded by :func:`weakground.io.read_image_bytes_bounded`, the same code as the CLI (EXIF
@@ -24,13 +27,15 @@ Robustness, which the tests check one case at a time:
 * phrases are checked like the CLI's (empty, over :data:`weakground.engine.inference.MAX_PHRASE_CHARS`, too many) → 422;
 * at most ``max_queue`` requests are admitted at once (running, or waiting for the model); one more gets 503
   with ``Retry-After`` at once, so a burst queues no unbounded work;
-* decoding and inference run together under the model lock in a worker thread, so one full-size decode is in
-  memory at a time, all under ``timeout_s``: past it the client gets 504 and the work stops at its next step
-  (before decoding, after decoding, after inference, between the pictures), freeing its worker;
+* each request's job thread decodes its upload outside the model lock, so decoding overlaps with inference,
+  but one decode at a time (``LoadedModel.decode_slot``), so one full-size decode is in memory at a time; all
+  under ``timeout_s``: past it the client gets 504 and the work stops at its next step (before decoding, after
+  decoding, in the batch queue, after inference, between the pictures), freeing its worker;
 * every error body is ``{"detail": "<one line>"}``, and no bad request leaves the server unable to answer.
 """
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +52,7 @@ from pydantic import BaseModel, Field
 
 from weakground.version import __version__
 from weakground.errors import InputError, WeakgroundError
+from weakground.serve.batching import Abandoned as _Abandoned
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_PHRASES = 16
@@ -68,6 +74,8 @@ class ServeSettings:
     # size, so nothing they see changes) and every answer is mapped back to the photo's own pixels.
     work_side: int = 1024
     max_queue: int = 16  # requests admitted at once (running or waiting for the model); more get 503
+    max_batch: int = 8  # requests run through the model in one call at most (1: one at a time)
+    batch_wait_ms: float = 5.0  # after a batch's first request, how long the batch waits for more
 
 
 @dataclass
@@ -79,6 +87,10 @@ class LoadedModel:
     load_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     captioner: Any = None  # a CaptionPredictor, when the server was started with one
+    # Uploads are decoded outside the model lock, one at a time: the worst upload's decode (hundreds of MB
+    # before it is cut to work_side) is never in memory twice.
+    decode_slot: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
+    batcher: Any = None  # the MicroBatcher in front of the predictor, while the app runs
 
     @property
     def name(self) -> str:
@@ -121,6 +133,11 @@ class HealthResponse(BaseModel):
                              "and not yet stopped)")
     work_side: int = Field(description="uploads are decoded with their long side cut to this many pixels; "
                            "coordinates are still the photo's own")
+    max_batch: int = Field(description="concurrent requests run through the model in one call at most")
+    batch_wait_ms: float = Field(description="how long a batch waits, after its first request, for more")
+    batches: int = Field(description="model calls the batch queue has made since the server started")
+    batched_requests: int = Field(description="requests those calls carried (batched_requests / batches: the "
+                                  "mean batch size)")
     captioner: str | None = Field(None, description="the captioner behind POST /api/caption (null: none; start "
                                   "the server with --caption-checkpoint)")
 
@@ -251,10 +268,6 @@ class UploadLimitMiddleware:
 # ---- the work done per request (in a worker thread) ------------------------------------------------------------
 
 
-class _Abandoned(Exception):
-    """The request timed out while this work waited for the model."""
-
-
 def check_phrases(phrases: list[str], max_phrases: int) -> list[str]:
     """The phrases as every door checks them (:func:`weakground.engine.inference.check_phrases`); HTTP 422
     with the reason."""
@@ -371,19 +384,42 @@ async def _answer(work: Any, name: str, settings: ServeSettings, job: _Job) -> d
 
 def _decode_and(loaded: LoadedModel, data: bytes, name: str, channels: int, settings: ServeSettings, job: _Job,
                 infer: Callable[[Any], Any]) -> tuple[Any, tuple[int, int], Any]:
-    """Decode the upload (bounded to ``work_side``) and run ``infer`` on it, both under the model lock: one
-    full-size decode in memory at a time. Returns (working copy, the photo's (width, height), ``infer``'s)."""
-    from weakground.io import read_image_bytes_bounded
+    """Decode the upload (:func:`_decode`) and run ``infer`` on it with the model to itself (the caption
+    route, which is not batched). Returns (working copy, the photo's (width, height), ``infer``'s)."""
+    image, frame = _decode(loaded, data, name, channels, settings, job)
 
-    def work() -> tuple[Any, tuple[int, int], Any]:
-        image, frame = read_image_bytes_bounded(data, name, channels, max_side=settings.work_side)
-        job.check()
+    def work() -> Any:
         found = infer(image)
         job.check()
-        return image, frame, found
+        return found
+
+    return image, frame, job.with_model(loaded, work)
+
+
+def _decode(loaded: LoadedModel, data: bytes, name: str, channels: int, settings: ServeSettings, job: _Job
+            ) -> tuple[Any, tuple[int, int]]:
+    """The upload decoded (bounded to ``work_side``) in the decode slot, waiting for it no longer than the
+    deadline: (working copy, the photo's (width, height))."""
+    from weakground.io import read_image_bytes_bounded
 
     job.check()
-    return job.with_model(loaded, work)
+    if not loaded.decode_slot.acquire(timeout=max(0.0, job.deadline - time.monotonic())):
+        raise _Abandoned
+    try:
+        job.check()
+        decoded = read_image_bytes_bounded(data, name, channels, max_side=settings.work_side)
+    finally:
+        loaded.decode_slot.release()
+    job.check()
+    return decoded
+
+
+def _batch_maps(predictor: Any, images: list[Any], phrases: list[list[str]]) -> list[Any]:
+    """The batch worker's call: decoded uint8 working copies -> their maps. The float tensors are made here,
+    in the batch, so a queued request holds only its uint8 copy (a quarter of the float one's memory)."""
+    from weakground.io import image_to_tensor
+
+    return predictor.heatmaps_many([image_to_tensor(image) for image in images], phrases)
 
 
 def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float | None,
@@ -392,9 +428,11 @@ def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], thr
 
     start = time.perf_counter()
     predictor = loaded.predictor
-    threshold = predictor.box_threshold if threshold is None else threshold
-    image, frame, found = _decode_and(loaded, data, name, predictor.channels, settings, job,
-                                      lambda img: predictor.locate_array(img, phrases, threshold))
+    threshold = predictor.checked_threshold(threshold)
+    image, frame = _decode(loaded, data, name, predictor.channels, settings, job)
+    maps = loaded.batcher.maps(image, phrases, job.deadline, job.abandoned)
+    job.check()
+    found = predictor.ground(image, maps[0], phrases, threshold)
     scale = _frame_scale(image.shape, frame)
     results = [_to_frame(_result(image, g, want, job), scale, frame) for g in found]
     job.check()
@@ -423,7 +461,11 @@ def create_app(settings: ServeSettings | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        from weakground.serve.batching import MicroBatcher
+
         loaded = await asyncio.to_thread(loader, settings)
+        loaded.batcher = MicroBatcher(functools.partial(_batch_maps, loaded.predictor), loaded.lock,
+                                      settings.max_batch, settings.batch_wait_ms / 1000)
         state["model"] = loaded
         import logging
 
@@ -431,6 +473,7 @@ def create_app(settings: ServeSettings | None = None,
                                                 loaded.load_s)
         yield
         state.clear()
+        loaded.batcher.close()
         admission.workers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="weakground", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -471,6 +514,8 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
                               max_upload_bytes=settings.max_upload_bytes, timeout_s=settings.timeout_s,
                               max_phrases=settings.max_phrases, max_phrase_chars=MAX_PHRASE_CHARS,
                               max_queue=settings.max_queue, work_side=settings.work_side,
+                              max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
+                              batches=loaded.batcher.batches, batched_requests=loaded.batcher.batched_requests,
                               in_progress=admission.active,
                               captioner=loaded.captioner.model.name if loaded.captioner is not None else None)
 
