@@ -25,7 +25,8 @@ def test_ground_maps_takes_the_first_argmax_and_thresholded_components():
     assert a.box_scores == pytest.approx([1.0, 0.6])
     assert b.point == (7, 5) and b.boxes == [(7.0, 5.0, 8.0, 6.0)] and b.heatmap.shape == (6, 8)
     assert a.to_dict() == {"phrase": "a", "point": [2, 1], "peak": 1.0, "boxes": [[2.0, 1.0, 4.0, 3.0],
-                           [6.0, 4.0, 7.0, 5.0]], "box_scores": pytest.approx([1.0, 0.6])}
+                           [6.0, 4.0, 7.0, 5.0]], "box_scores": pytest.approx([1.0, 0.6]),
+                           "presence": None, "found": None}  # ground_maps alone knows no presence
 
 
 def test_an_empty_map_has_a_point_but_no_box():

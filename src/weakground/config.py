@@ -127,6 +127,10 @@ class EvalConfig:
     # the image is a false positive, as in detection AP; "ignore" scores only the classes present (the protocol of
     # the tables before it existed, blind to confident answers for absent digits).
     absent_detections: str = "count"
+    # [scale, bias(, threshold)]: presence probability = sigmoid(scale * presence score + bias), fitted on the
+    # validation split after training (present phrases against other images' phrases); a phrase below the threshold
+    # (0.5) is "not found". Empty: not calibrated (locate gives no presence).
+    presence_calibration: list[float] = field(default_factory=list)
     batch_size: int = 128
     # n > 1: every heatmap is the average over n x n copies of the image shifted by 1/n of the feature map's
     # stride (Grounder.shift_average, grounding_maps): costs n^2 forward passes, lets the peak fall between cells.
@@ -321,6 +325,7 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("eval", "shift_average"): 1,  # and every heatmap came from one forward pass
     ("eval", "ground_truth"): "ink",  # and multi-MNIST boxes were scored against the digits' ink boxes
     ("eval", "absent_detections"): "ignore",  # and their AP scored the present classes' boxes only
+    ("eval", "presence_calibration"): [],  # and no presence was calibrated
     ("train", "init_from"): "",  # and every run started from backbone pretraining (or from scratch)
 }
 

@@ -73,7 +73,10 @@ def locate_one(predictor: Any, path: Path, phrases: list[str], threshold: float 
 def print_located(report: dict) -> None:
     print(f"{report['image']}:")
     for r in report["results"]:
-        print(f"  {r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)")
+        verdict = "" if r.get("found") is None else (
+            f", presence {r['presence']:.2f}" if r["found"] else f", NOT FOUND (presence {r['presence']:.2f})")
+        print(f"  {r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)"
+              f"{verdict}")
     print(f"  overlay: {report['overlay']}")
 
 

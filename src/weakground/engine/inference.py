@@ -27,7 +27,7 @@ from weakground.errors import CheckpointError, ConfigError, InputError, Weakgrou
 # Checked before any model (or torch) loads; re-exported here, where every door has always found them.
 from weakground.engine.inputs import IMAGE_SUFFIXES, MAX_PHRASE_CHARS, check_phrases  # noqa: F401
 from weakground.methods import Captioner, Grounder, InferenceSettings, create_method
-from weakground.metrics import heatmap_to_boxes, resize_heatmap
+from weakground.metrics import PresenceCalibration, heatmap_to_boxes, resize_heatmap
 from weakground.registry import METHODS
 
 # How a checkpoint reads images, as opposed to what it learned: the only settings eval/locate --set may change.
@@ -51,6 +51,10 @@ class Grounding:
         boxes: regions at or above ``threshold x peak``, ``(x1, y1, x2, y2)`` in pixel edges, best first.
         box_scores: each box's peak value.
         heatmap: ``[H, W]`` float32, the map resized to the image.
+        presence: the calibrated probability that the phrase is in the image (the method's presence score through
+            its :class:`~weakground.metrics.PresenceCalibration`); ``None`` for a method with no calibration.
+        found: ``presence >= `` the calibration's threshold; ``None`` when uncalibrated. False: "not found" (the
+            point, boxes and map are still given, for a look).
     """
 
     phrase: str
@@ -59,11 +63,14 @@ class Grounding:
     boxes: list[tuple[float, float, float, float]]
     box_scores: list[float]
     heatmap: np.ndarray = field(repr=False)
+    presence: float | None = None
+    found: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, without the heatmap."""
         return {"phrase": self.phrase, "point": list(self.point), "peak": self.peak,
-                "boxes": [list(b) for b in self.boxes], "box_scores": list(self.box_scores)}
+                "boxes": [list(b) for b in self.boxes], "box_scores": list(self.box_scores),
+                "presence": self.presence, "found": self.found}
 
 
 def ground_maps(maps: Tensor, phrases: Sequence[str], threshold: float) -> list[Grounding]:
@@ -116,6 +123,9 @@ class Predictor:
     def __init__(self, model: Grounder, box_threshold: float, source: str,
                  config: ExperimentConfig | None = None) -> None:
         self.model, self.box_threshold, self.source, self.config = model.eval(), box_threshold, source, config
+        # A checkpoint's calibration was fitted on its validation split at training; a fixed method may carry one.
+        self.calibration = (PresenceCalibration.from_list(config.eval.presence_calibration) if config is not None
+                            else getattr(model, "presence_calibration", None))
 
     @property
     def name(self) -> str:
@@ -147,8 +157,21 @@ class Predictor:
 
         threshold = self.checked_threshold(threshold)
         phrases = check_phrases(phrases)
-        maps = self.heatmaps(image_to_tensor(image), phrases)
-        return self.ground(image, maps[0], phrases, threshold)
+        tensor = image_to_tensor(image)
+        maps = self.heatmaps(tensor, phrases)
+        return self.with_presence(self.ground(image, maps[0], phrases, threshold), tensor)
+
+    def with_presence(self, groundings: list[Grounding], image: Tensor) -> list[Grounding]:
+        """``groundings`` of one ``[1, C, H, W]`` image with :attr:`Grounding.presence` and ``found`` filled in
+        (left ``None`` for an uncalibrated method)."""
+        if self.calibration is None or not groundings:
+            return groundings
+        with torch.no_grad():
+            raw = self.model.presence_scores(image.to(self.device), [g.phrase for g in groundings])[0].tolist()
+        for grounding, score in zip(groundings, raw):
+            grounding.presence = round(self.calibration.probability(score), 4)
+            grounding.found = grounding.presence >= self.calibration.threshold
+        return groundings
 
     def checked_threshold(self, threshold: float | None) -> float:
         """The box threshold to use (default: :attr:`box_threshold`); :class:`InputError` outside [0, 1]."""

@@ -12,7 +12,8 @@
 * Scores: the pointing game (:func:`~weakground.metrics.pointing_game`) under an explicit
   :class:`~weakground.metrics.PointingProtocol`; attention correctness and box accuracy (the top box of each
   :class:`~weakground.metrics.BoxRule` at IoU >= 0.5 with any of the phrase's boxes) over the same scored
-  queries; the centre
+  queries; presence AUROC (the method's :meth:`~weakground.methods.Grounder.presence_scores` of each image's own
+  phrases against as many of other images' phrases whose head noun none of its phrases has); the centre
   and random baselines over the same queries and protocol; a per-type breakdown; and, for methods with a joint
   image-text space (``has_joint_space``), Recall@K in both directions over the split's captions.
 * Bad input: the reader skips and counts what it cannot use (``file:line``); images that cannot be decoded,
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,6 +42,7 @@ from weakground.metrics import (
     BoxRule,
     PointingProtocol,
     attention_correctness,
+    auroc,
     box_accuracy,
     breakdown_by_type,
     center_baseline,
@@ -97,6 +100,33 @@ def _queries(record: ImageRecord) -> list[Phrase]:
     return [p for c in record.captions for p in c.phrases] + list(record.objects)
 
 
+def _head(text: str) -> str:
+    # The head-noun rule of `bridge` (a word-list noun-phrase reduction, no parser), used here only to keep an
+    # absent phrase from naming what the image shows under another wording ("a dog" / "the dog").
+    from weakground.methods.bridge import reduce_phrase
+
+    return reduce_phrase(text).head
+
+
+def _phrase_pool(records: list[ImageRecord]) -> list[str]:
+    """Every distinct query text of the split, in first-seen order: where absent phrases are drawn from."""
+    return list(dict.fromkeys(p.text for r in records for p in _queries(r) if p.text.strip()))
+
+
+def _absent_phrases(present: list[str], pool: list[str], seed: int) -> list[str]:
+    """As many phrases as ``present`` from ``pool`` (seeded), none sharing a head noun or text with ``present``."""
+    heads, texts = {_head(t) for t in present}, {t.lower() for t in present}
+    rng = np.random.default_rng([seed, 31])
+    chosen: list[str] = []
+    for i in rng.permutation(len(pool)):
+        candidate = pool[i]
+        if candidate.lower() not in texts and _head(candidate) not in heads and candidate not in chosen:
+            chosen.append(candidate)
+            if len(chosen) == len(present):
+                break
+    return chosen
+
+
 def _load_image(record: ImageRecord, channels: int, strict: bool, skips: _Skips) -> Tensor | None:
     """``[1, C, H, W]`` float image in [0, 1], or ``None`` (skipped and counted) when it cannot be used."""
     from weakground.io import read_image
@@ -144,8 +174,8 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
                               *, strict: bool = False, max_images: int | None = None,
                               device: torch.device | str = "cpu", progress: bool = False,
                               visualize_dir: Path | None = None, n_visualize: int = 16,
-                              phrase_batch: int = 64, box_rules: Sequence[BoxRule] = DEFAULT_BOX_RULES
-                              ) -> dict[str, Any]:
+                              phrase_batch: int = 64, box_rules: Sequence[BoxRule] = DEFAULT_BOX_RULES,
+                              presence_scores: bool = False) -> dict[str, Any]:
     """Score ``model``'s phrase heatmaps on one split of a dataset (see the module docstring).
 
     Args:
@@ -164,6 +194,8 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
         n_visualize: how many queries to draw.
         phrase_batch: most phrases asked of one image in one ``grounding_maps`` call.
         box_rules: the rules whose top box is scored for ``box_accuracy`` (keyed by :attr:`BoxRule.name`).
+        presence_scores: also return the raw presence scores (``presence.present_scores``/``absent_scores``),
+            e.g. to fit a :class:`~weakground.metrics.PresenceCalibration` on a validation split.
 
     Returns:
         ``{"pointing_accuracy", "n_queries", "n_evaluated", "n_hits", "n_images", "protocol", "baselines":
@@ -184,12 +216,14 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
     result = read_dataset(spec, split=split, strict=strict)
     records = result.records[:max_images] if max_images is not None else result.records
     run = _Evaluation(model.to(device).eval(), protocol, channels, device, strict, phrase_batch, visualize_dir,
-                      n_visualize, tuple(box_rules))
+                      n_visualize, tuple(box_rules), _phrase_pool(records))
     for record in tqdm(records, disable=not progress, desc="evaluate phrases", unit="image", leave=False):
         run.add(record)
     report = run.report({"dataset": spec, "format": fmt, "split": split, "max_images": max_images},
                         result.problems)
     report["seconds"] = round(time.time() - t0, 2)
+    if presence_scores:
+        report["presence"].update(present_scores=run.presence_present, absent_scores=run.presence_absent)
     return _nan_to_none(report)
 
 
@@ -222,7 +256,10 @@ class _Evaluation:
     visualize_dir: Path | None
     n_visualize: int
     box_rules: tuple[BoxRule, ...] = DEFAULT_BOX_RULES
+    phrase_pool: list[str] = field(default_factory=list)  # the split's phrase texts: absent phrases come from here
     skips: _Skips = field(default_factory=_Skips)
+    presence_present: list[float] = field(default_factory=list)  # presence_scores of images' own phrases
+    presence_absent: list[float] = field(default_factory=list)  # and of other images' non-matching phrases
     queries: list[_Query] = field(default_factory=list)
     hits: list[bool | None] = field(default_factory=list)
     correctness: list[float | None] = field(default_factory=list)  # aligned with hits; None where hit is None
@@ -250,6 +287,7 @@ class _Evaluation:
         self.n_images += 1
         self.n_without_queries += not phrases
         self._point(record, image, phrases)
+        self._presence(image, phrases)
         if self.joint:
             self.image_emb.append(self.model.encode_image(image)[0])
             for caption in record.captions:
@@ -290,6 +328,20 @@ class _Evaluation:
         self.queries += image_queries
         self.hits += image_hits
 
+    def _presence(self, image: Tensor, phrases: list[Phrase]) -> None:
+        present = list(dict.fromkeys(p.text for p in phrases if p.text.strip()))
+        absent = _absent_phrases(present, self.phrase_pool, self.n_images)
+        if not present or not absent:
+            return
+        scores = self.model.presence_scores(image, present + absent)[0].float().cpu().tolist()
+        self.presence_present += scores[:len(present)]
+        self.presence_absent += scores[len(present):]
+
+    def _presence_report(self) -> dict[str, Any]:
+        pos, neg = np.array(self.presence_present), np.array(self.presence_absent)
+        return {"auroc": auroc(pos, neg) if pos.size and neg.size else float("nan"),
+                "n_present": int(pos.size), "n_absent": int(neg.size)}
+
     def _top_boxes(self, heatmap: Tensor, size: tuple[int, int]) -> list[Tensor]:
         resized = resize_heatmap(heatmap.detach().float(), size).cpu()
         return [rule.top_box(resized) for rule in self.box_rules]
@@ -324,11 +376,15 @@ class _Evaluation:
                                 "phrase, over the queries the pointing game scores; threshold@t: 8-connected "
                                 "regions of the map >= t x its maximum (what locate draws), instance: one region "
                                 "grown from each peak (weakground.metrics.instances)",
+                "presence": "AUROC of the method's presence_scores: each image's distinct phrase texts (present) "
+                            "against as many phrases of other images of the split (absent; seeded per image) "
+                            "whose head noun and text differ from all of the image's phrases",
             },
             "baselines": {"center": center_baseline(boxes, sizes, self.protocol),
                           "random": random_baseline_accuracy(boxes, sizes, self.protocol)},
             "attention_correctness": _mean([a for a in self.correctness if a is not None]),
             "box_accuracy": self._box_accuracy(),
+            "presence": self._presence_report(),
             "by_type": by_type,
             "skipped": self._skipped(problems, len(scored)),
         }
@@ -427,6 +483,7 @@ def format_phrase_report(report: dict[str, Any], max_types: int = 12) -> str:
             ("attention_correctness", _fmt(report["attention_correctness"])),
             *[(f"box acc, {rule.split('@')[0].split('(')[0]}", f"{_fmt(value)}  ({rule})")
               for rule, value in report.get("box_accuracy", {}).items()],
+            ("presence AUROC", _fmt(report.get("presence", {}).get("auroc"))),
             ("queries scored / all", f"{report['n_evaluated']} / {report['n_queries']}"),
             ("images", str(report["n_images"])),
             ("images skipped", str(skipped["images"]["count"])),

@@ -182,6 +182,14 @@ class Grounder(nn.Module):
                 copies += 1
         return total / copies
 
+    @torch.no_grad()
+    def presence_scores(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """``[B, P]`` raw evidence that each phrase is in each image, higher for more (the method's own scale:
+        :class:`~weakground.metrics.calibration.PresenceCalibration` turns it into a probability). By default
+        the peak of the phrase's map before any normalisation; a method with a better signal (its trained
+        image-text score, its classifier's evidence) overrides this."""
+        return self.grounding_maps(images, phrases).flatten(2).amax(-1)
+
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for one batch; the ``"total"`` entry is optimised, the others are logged."""
         raise NotImplementedError
@@ -210,6 +218,12 @@ class JointSpaceGrounder(Grounder):
         """``[B, T]`` image-text scores, higher for a better match (exact, possibly costlier than the embeddings'
         dot product)."""
         raise NotImplementedError(f"method {self.name!r} declares a joint space but does not implement scores")
+
+    @torch.no_grad()
+    def presence_scores(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """The trained image-text score (:meth:`scores`) of each phrase: what the method learned to rank a
+        caption's image above others' by is its evidence that the phrase is there."""
+        return self.scores(images, phrases)
 
 
 class Captioner(nn.Module):

@@ -213,6 +213,11 @@ class BridgeConfig:
     # frontal-face cascade when it finds a face; ImageNet has no face or hair classes.
     face_detector: bool = True
     variant: str = "efficientnet-lite0"
+    # Presence: probability = sigmoid(scale * presence score + bias), Platt-fitted by `benchmarks/presence.py
+    # --method bridge` on the demo photos (the only annotated real photos here, also the set the other defaults
+    # were checked on): a phrase whose classes hold under ~0.2% of the image's class probability is "not found".
+    presence_scale: float = 1000.0
+    presence_bias: float = -1.82
 
 
 @METHODS.register("bridge")
@@ -402,6 +407,26 @@ class Bridge(Grounder):
                 for i, r in head_phrases:
                     cam[b, i] = _face_prior(face, HEAD_OFFSETS[r.head], size).to(cam)
         return cam
+
+    @property
+    def presence_calibration(self) -> Any:
+        """The :class:`~weakground.metrics.PresenceCalibration` of :meth:`presence_scores` (see BridgeConfig)."""
+        from weakground.metrics import PresenceCalibration
+
+        return PresenceCalibration(self.config.presence_scale, self.config.presence_bias)
+
+    @torch.no_grad()
+    def presence_scores(self, images: Tensor, phrases: list[str]) -> Tensor:
+        """``[B, P]``: the image's probability mass on the classes the phrase names, ``sum_k t_k p_k`` (text
+        weights times image evidence, at the smallest scale, as :meth:`heatmaps` reads it). The maps are
+        normalised to peak 1, so their peak says nothing; this says whether anything the phrase names is seen.
+        A head part with no owner ("green eyes") has uniform text weights and so no evidence either way."""
+        self.check_images(images)
+        text = self.text_weights(list(phrases)).to(self.encoder.classifier.weight.device)  # [P, 1000]
+        device = self.encoder.classifier.weight.device
+        head = self.encoder(self._prepare(images.to(device), min(self.config.scales)), levels=("head",))["head"]
+        evidence = torch.softmax(self.encoder.logits(head), dim=-1)  # [B, 1000]
+        return evidence @ text.T
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise InputError("method 'bridge' has no training: it grounds with pretrained ImageNet and MiniLM "

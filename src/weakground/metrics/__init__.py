@@ -6,6 +6,7 @@ Boxes are ``xyxy`` in pixel edges, 0-based, with exclusive ``x2``/``y2``: ``area
 from weakground.metrics.boxes import box_iou, heatmap_to_boxes, peak_box, resize_heatmap
 # pycocoevalcap (and its Java tools) is imported only inside caption_scores, so this import stays light.
 from weakground.metrics.captioning import CAPTION_METRICS, caption_scores, grounding_f1, simple_tokenize
+from weakground.metrics.calibration import PresenceCalibration, fit_platt
 from weakground.metrics.instances import BoxRule, instance_boxes
 from weakground.metrics.detection import average_precision, class_average_precision, match_detections, mean_ap
 from weakground.metrics.pointing import (
@@ -27,6 +28,7 @@ __all__ = [
     "BoxRule",
     "CAPTION_METRICS",
     "PointingProtocol",
+    "PresenceCalibration",
     "attention_correctness",
     "box_accuracy",
     "breakdown_by_type",
@@ -45,6 +47,7 @@ __all__ = [
     "caption_scores",
     "class_average_precision",
     "grounding_f1",
+    "fit_platt",
     "heatmap_to_boxes",
     "instance_boxes",
     "match_detections",
