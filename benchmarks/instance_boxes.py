@@ -2,14 +2,16 @@
 growing from each peak, :mod:`weakground.metrics.instances`), each rule's settings chosen on validation only.
 
     PYTHONPATH=src python benchmarks/instance_boxes.py --checkpoint RUN/checkpoints/train_best.safetensors
-    PYTHONPATH=src python benchmarks/instance_boxes.py --method bridge --val-images 100 --test-images 300
+    PYTHONPATH=src python benchmarks/instance_boxes.py --method bridge        # on the demo photos, default rules
 
 For each model: one pass over ``--val-images`` validation images scores every rule of the grid (threshold
 ``THRESHOLDS``; instance ``GROWS`` x ``MIN_PEAKS``); the best threshold rule and the best instance rule by
 validation box accuracy (ties: the first in grid order) are then scored on the test split, next to the
 ``threshold@0.5`` default. Box accuracy: the rule's top box has IoU >= 0.5 with any ground-truth box of the
 phrase, over the queries the pointing game scores (the protocol of ``weakground eval``). The scenes are the
-checkpoint's own data (its config), or for ``--method`` the ``--preset``'s.
+checkpoint's own data (its config). A ``--method`` (``bridge``) is scored on the bundled demo photos, which have
+no validation split: there only the default rules (``threshold@0.5``, ``instance`` at grow 0.3, min_peak 0.5) are
+scored, once, and nothing is chosen (``--preset P`` scores it on P's scenes instead, with the grid).
 
 Writes (merges into) ``benchmarks/results/instance_boxes.json`` under each model's name, with command and machine.
 """
@@ -23,10 +25,11 @@ import time
 from pathlib import Path
 
 from weakground.config import load_config
+from weakground.data.demo_photos import materialize_demo
 from weakground.data.sources import dataset_spec
 from weakground.engine.driver import machine_description
 from weakground.engine.inference import load
-from weakground.engine.phrase_eval import evaluate_phrase_grounding
+from weakground.engine.phrase_eval import DEFAULT_BOX_RULES, evaluate_phrase_grounding
 from weakground.metrics import BoxRule
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,11 +66,20 @@ def measure(model, spec: str, val_images: int, test_images: int | None, progress
             "seconds": round(time.time() - t0, 1)}
 
 
+def measure_demo(model, progress: bool) -> dict:
+    spec = f"flickr30k_entities:{materialize_demo()}"
+    test = evaluate_phrase_grounding(model, spec, "test", box_rules=DEFAULT_BOX_RULES, progress=progress)
+    return {"dataset": "the bundled demo photos (no validation split: default rules, nothing chosen)",
+            "test_images": test["n_images"], "test_queries": test["n_evaluated"],
+            "test_box_accuracy": test["box_accuracy"], "test_pointing_accuracy": test["pointing_accuracy"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="a trained method (repeatable)")
     parser.add_argument("--method", action="append", default=[], help="a fixed method by name, e.g. bridge")
-    parser.add_argument("--preset", default="matchmap_cpu", help="whose scenes a --method is scored on")
+    parser.add_argument("--preset", default=None, help="score a --method on this preset's scenes (default: the "
+                        "demo photos)")
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--no-progress", action="store_true")
@@ -80,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     sources = [(str(c), c) for c in args.checkpoint] + [(m, m) for m in args.method]
     for label, source in sources:
         predictor = load(source)
-        config = predictor.config or load_config(args.preset)
-        spec = dataset_spec(config.data, not args.no_progress)
-        entry = measure(predictor.model, spec, args.val_images, args.test_images, not args.no_progress)
-        name = predictor.model.name if isinstance(source, str) else f"{predictor.model.name} ({config.name})"
+        if predictor.config is None and args.preset is None:
+            config, entry = None, measure_demo(predictor.model, not args.no_progress)
+        else:
+            config = predictor.config or load_config(args.preset)
+            spec = dataset_spec(config.data, not args.no_progress)
+            entry = measure(predictor.model, spec, args.val_images, args.test_images, not args.no_progress)
+        name = predictor.model.name if config is None else f"{predictor.model.name} ({config.name})"
         data[name] = {**entry, "source": label, "command": command, "machine": machine_description()}
         acc = entry["test_box_accuracy"]
         print(f"{name}: test box accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
