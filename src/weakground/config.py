@@ -109,6 +109,10 @@ class TrainConfig:
     # from instead of a freshly pretrained backbone: a curriculum, e.g. 2x2 grids first, then 3x3. Its data and
     # loss settings may differ from this run's. Empty: start from backbone pretraining (pretrain.enabled).
     init_from: str = ""
+    # Frozen encoders' features of the training images and captions computed once, kept memory-mapped under the
+    # cache directory and fed to the method instead of recomputed every epoch (engine/feature_cache.py; the same
+    # results to float rounding, docs/feature_cache.md). False: every step runs the frozen encoders.
+    cache_features: bool = True
 
 
 @dataclass
@@ -327,6 +331,7 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("eval", "absent_detections"): "ignore",  # and their AP scored the present classes' boxes only
     ("eval", "presence_calibration"): [],  # and no presence was calibrated
     ("train", "init_from"): "",  # and every run started from backbone pretraining (or from scratch)
+    ("train", "cache_features"): False,  # and frozen encoders ran at every training step
 }
 
 

@@ -109,6 +109,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Settings that change how fast a run trains, not what it learns (to float rounding): a resumed run may differ in
+# them, and a run saved before they existed resumes with them.
+RESUME_NEUTRAL_KEYS = frozenset({"train.cache_features"})
+
+
 def check_resumed_config(config: ExperimentConfig, run_dir: Path, allowed: Sequence[str] = ()) -> None:
     """Refuse to resume ``run_dir`` under a config that differs from the one it was started with, unless each
     differing key (or a section above it) is in ``allowed`` (the keys the user ``--set`` on purpose).
@@ -126,6 +131,7 @@ def check_resumed_config(config: ExperimentConfig, run_dir: Path, allowed: Seque
     new = _flatten(to_dict(config))
     allowed_prefixes = tuple(allowed)
     differ = [k for k in sorted(set(saved) | set(new)) if saved.get(k, "<absent>") != new.get(k, "<absent>")
+              and k not in RESUME_NEUTRAL_KEYS
               and not any(k == a or k.startswith(f"{a}.") for a in allowed_prefixes)]
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in differ[:4])

@@ -9,8 +9,11 @@ on their dropout, drop-connect or BatchNorm updates.
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+import torch
 from torch import Tensor, nn
 
 import weakground.vision  # noqa: F401  (registers the image encoders in IMAGE_ENCODERS)
@@ -82,3 +85,69 @@ def trainable_groups(model: nn.Module, encoder: nn.Module, lr: float, backbone_l
     if backbone:
         groups.insert(0, {"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})
     return groups
+
+
+# -- frozen features precomputed outside the method (weakground.engine.feature_cache) ----------------------------
+IMAGE_FEATURES = "frozen_image:"  # batch key prefix: f"frozen_image:{level}" holds the frozen encoder's map
+TEXT_FEATURES = "frozen_text:"  # "frozen_text:units" [B, W, E] (zero-padded), ":mask" [B, W], ":sentence" [B, E]
+
+
+@dataclass(frozen=True)
+class FrozenFeatureSpec:
+    """What a method can take precomputed in a training batch instead of running a frozen encoder.
+
+    Attributes:
+        image: identity of the image features (encoder, weights fingerprint, levels, input handling); empty when
+            the image encoder trains, so its features change every step.
+        text: identity of the caption features; empty when the text encoder trains or its output is not
+            a zero-padded prefix of units (then nothing on the text side is cached).
+    """
+
+    image: str = ""
+    text: str = ""
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha1 of a module's weights and buffers (names, shapes, dtypes, bytes): the same weights give the same
+    value on any machine. Remembered on the module, which is only asked when frozen (its weights never change)."""
+    cached = getattr(module, "_weights_fingerprint", None)
+    if cached is None:
+        digest = hashlib.sha1()
+        for name, tensor in sorted(module.state_dict().items()):
+            data = tensor.detach().cpu().reshape(-1).clone()  # any memory layout (fused weights are channels-last)
+            digest.update(f"{name}:{tuple(tensor.shape)}:{data.dtype}\n".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        cached = digest.hexdigest()[:16]
+        module._weights_fingerprint = cached  # type: ignore[assignment]
+    return cached
+
+
+def batch_image_maps(batch: dict[str, Any], names: Sequence[str]) -> list[Tensor] | None:
+    """The precomputed maps of ``names`` in a training batch, or None when the batch has not all of them."""
+    maps = [batch.get(IMAGE_FEATURES + name) for name in names]
+    return None if any(m is None for m in maps) else maps  # type: ignore[return-value]
+
+
+def batch_text_units(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """The precomputed caption ``(units, mask, sentence or None)`` of a training batch, or None."""
+    if TEXT_FEATURES + "units" not in batch:
+        return None
+    return batch[TEXT_FEATURES + "units"], batch[TEXT_FEATURES + "mask"], batch.get(TEXT_FEATURES + "sentence")
+
+
+def unit_lengths(mask: Tensor) -> Tensor:
+    """``[T, W]`` bool mask -> ``[T]`` unit counts, checking that each row's real units come first (only such
+    rows are stored without their mask; see :class:`FrozenFeatureSpec`)."""
+    lengths = mask.sum(1)
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]
+    if not torch.equal(prefix, mask.bool()):
+        raise ValueError("text units are cached only when each text's real units come first")
+    return lengths
+
+
+def frozen_image_identity(encoder: nn.Module, levels: Sequence[str], input_size: int | None) -> str:
+    """The identity of a frozen image encoder's features: its class and variant, a fingerprint of its weights
+    (BatchNorm-folded weights differ from unfused ones), the levels read and the square images are resized to
+    (None: read at their own size)."""
+    name = f"{type(encoder).__qualname__}:{getattr(encoder, 'variant', '')}"
+    return f"{name}:weights={module_fingerprint(encoder)}:levels={','.join(levels)}:input={input_size}"

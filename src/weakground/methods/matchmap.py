@@ -28,7 +28,9 @@ from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import RANKING_NEGATIVES, triplet_ranking_loss
 from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
-from weakground.methods.caption_parts import FrozenEvalMixin, ImageRegions, frozen_attributes, trainable_groups
+from weakground.methods.caption_parts import (FrozenEvalMixin, FrozenFeatureSpec, ImageRegions, batch_image_maps,
+                                              batch_text_units, frozen_attributes, frozen_image_identity,
+                                              trainable_groups, unit_lengths)
 from weakground.registry import METHODS, TEXT_ENCODERS
 from weakground.text.encoders import TextEncoderOptions
 from weakground.text.words import WordEmbeddings, encode_words
@@ -168,7 +170,10 @@ class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
     # -- the two branches ---------------------------------------------------------------------------------------
     def regions(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``[B, 3, H, W] -> ([B, h*w, D] region embeddings, (h, w))``."""
-        features = self.image_encoder(images)
+        return self._map_regions(self.image_encoder(images))
+
+    def _map_regions(self, features: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Encoder features ``[B, C, h, w]`` (computed now or precomputed) -> region embeddings and ``(h, w)``."""
         h, w = features.shape[-2:]
         r = self.region_map(features.flatten(2).transpose(1, 2))
         return (F.normalize(r, dim=-1) if self.config.normalize else r), (h, w)
@@ -177,9 +182,13 @@ class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
         """``T texts -> ([T, L, D] word embeddings, [T, L] bool mask)``; see :mod:`weakground.text.words` for
         how pieces become words."""
         emb: WordEmbeddings = encode_words(self.text_encoder, list(texts))
+        return self._map_words(emb.hidden, emb.mask)
+
+    def _map_words(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """MiniLM word vectors ``[T, L, 384]`` (computed now or precomputed) and their mask -> word embeddings."""
         device = self.word_map.weight.device
-        w = self.word_map(emb.hidden.to(device))
-        return (F.normalize(w, dim=-1) if self.config.normalize else w), emb.mask.to(device)
+        w = self.word_map(hidden.to(device))
+        return (F.normalize(w, dim=-1) if self.config.normalize else w), mask.to(device)
 
     # -- Grounder interface -------------------------------------------------------------------------------------
     def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
@@ -225,17 +234,48 @@ class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
 
         ``total`` is the triplet ranking loss over the batch's ``[B, B]`` matchmap scores; ``accuracy`` the share
         of images whose own caption scores highest in the batch.
+        A batch may also carry the frozen encoders' output (``frozen_image:<level>``, ``frozen_text:*``; see
+        :mod:`weakground.engine.feature_cache`), which is then read instead of running them.
         """
         images, captions = batch["images"], batch["captions"]
         if len(captions) != images.shape[0]:
             raise ValueError(f"a batch needs one caption per image, got {len(captions)} for {images.shape[0]}")
-        scores = self.scores(images, captions)
+        scores = self._batch_scores(batch)
         ranking = triplet_ranking_loss(scores, self.config.margin, self.config.negatives)
         target = torch.arange(len(captions), device=scores.device)
         accuracy = (scores.argmax(1) == target).float().mean()
         positive = scores.diagonal().mean()
         return {"total": ranking, "ranking": ranking.detach(), "accuracy": accuracy.detach(),
                 "positive_score": positive.detach()}
+
+    def _batch_scores(self, batch: dict[str, Any]) -> Tensor:
+        """:meth:`scores` of a training batch, from its precomputed frozen features where it carries them."""
+        maps = batch_image_maps(batch, (self.image_encoder.level,))
+        if maps is None:
+            regions, _ = self.regions(self.prepare_images(batch["images"]))
+        else:
+            regions, _ = self._map_regions(maps[0])
+        text = batch_text_units(batch)
+        words, mask = self.words(batch["captions"]) if text is None else self._map_words(text[0], text[1])
+        return matchmap_score(matchmap(regions, words), mask, self.config.score_pooling)
+
+    # -- frozen features (weakground.engine.feature_cache) -------------------------------------------------------
+    def frozen_feature_spec(self) -> FrozenFeatureSpec:
+        """The image side when the encoder is frozen; the text side always (MiniLM never trains here)."""
+        encoder = self.image_encoder
+        image = frozen_image_identity(encoder.net, (encoder.level,), self.input_size) if encoder.frozen else ""
+        return FrozenFeatureSpec(image=image, text="matchmap-words:minilm-l6-v2")
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: Tensor) -> dict[str, Tensor]:
+        """``{level: [B, C, h, w]}``: what :meth:`loss` would compute from these images."""
+        return {self.image_encoder.level: self.image_encoder(self.prepare_images(images))}
+
+    @torch.no_grad()
+    def frozen_text_features(self, texts: list[str]) -> dict[str, Tensor]:
+        """``units [T, W, 384]`` (zero-padded word vectors) and their ``lengths [T]``, as :meth:`words` reads them."""
+        emb = encode_words(self.text_encoder, list(texts))
+        return {"units": emb.hidden, "lengths": unit_lengths(emb.mask)}
 
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """The mappings at ``lr``; a trainable image encoder (ResNet, or a fine-tuned EfficientNet) at

@@ -37,7 +37,8 @@ from weakground.config import BackboneConfig
 from weakground.errors import ConfigError
 from weakground.losses import batch_softmax_loss, log_sum_exp_pool
 from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
-from weakground.methods.caption_parts import FrozenEvalMixin, frozen_attributes
+from weakground.methods.caption_parts import (FrozenEvalMixin, FrozenFeatureSpec, batch_image_maps, batch_text_units,
+                                              frozen_attributes, frozen_image_identity, unit_lengths)
 from weakground.registry import IMAGE_ENCODERS, METHODS, TEXT_ENCODERS
 from weakground.text.encoders import TextEncoderOptions
 
@@ -222,9 +223,12 @@ class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
         Each level is resized bilinearly to the grid (anti-aliased when it shrinks, so the stride-4 level is
         averaged rather than subsampled), then mapped by its own 1x1-convolution stack (Sec. 3.1).
         """
-        size = self.grid_size(*images.shape[-2:])
+        return self._map_levels(self._level_maps(images), self.grid_size(*images.shape[-2:]))
+
+    def _map_levels(self, maps: list[Tensor], size: tuple[int, int]) -> Tensor:
+        """Raw level maps (computed now or precomputed) -> ``v [B, L, N, D]`` on the ``size`` grid."""
         levels = []
-        for raw, mapper in zip(self._level_maps(images), self.visual_maps):
+        for raw, mapper in zip(maps, self.visual_maps):
             raw = F.interpolate(raw.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
             levels.append(mapper(raw.flatten(2).transpose(1, 2)))  # [B, N, D]
         return F.normalize(torch.stack(levels, dim=1), dim=-1)
@@ -234,7 +238,10 @@ class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
         ``mask [C, W]`` (bool; at least one word per text, see :func:`weakground.text.minilm.pieces_to_words`)."""
         # MiniLM: words (pieces pooled, word_units "words") or pieces, and its own sentence embedding; the BiLSTM:
         # its tokens and sentence state.
-        tokens, mask, sentence = self.text_encoder.states(list(texts), self.config.word_units)
+        return self._map_words(*self.text_encoder.states(list(texts), self.config.word_units))
+
+    def _map_words(self, tokens: Tensor, mask: Tensor, sentence: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encoder states (computed now or precomputed) -> the common space, as :meth:`encode_words`."""
         words = F.normalize(self.word_map(tokens), dim=-1)
         return words, mask, F.normalize(self.sentence_map(sentence), dim=-1)
 
@@ -257,12 +264,16 @@ class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
         """Batch: ``images [B, 3, S, S]`` in [0, 1] and ``captions`` (B texts; caption b describes image b).
 
         ``L = L_w + L_s`` (Eq. 9), each :func:`weakground.losses.batch_softmax_loss` over the ``[B, B]`` scores of
-        every image with every caption of the batch.
+        every image with every caption of the batch. Precomputed frozen-encoder entries in the batch
+        (:mod:`weakground.engine.feature_cache`) are read instead of running the encoders.
         """
         images, captions = batch["images"], list(batch["captions"])
         images = self.prepare_images(images)
-        visual = self.encode_levels(images)
-        words, mask, sentence = self.encode_words(captions)
+        maps = batch_image_maps(batch, self.level_names)
+        visual = self.encode_levels(images) if maps is None else \
+            self._map_levels(maps, self.grid_size(*images.shape[-2:]))
+        text = batch_text_units(batch)
+        words, mask, sentence = self.encode_words(captions) if text is None else self._map_words(*text)
         word_out, sentence_out = self._pair_scores(visual, words, mask, sentence)
         loss_words = batch_softmax_loss(word_out.score, self.config.gamma_batch)
         loss_sentence = batch_softmax_loss(sentence_out.score, self.config.gamma_batch)
@@ -272,6 +283,28 @@ class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
         accuracy = ((combined.argmax(1) == target).float().mean() + (combined.argmax(0) == target).float().mean()) / 2
         return {"total": total, "words": loss_words.detach(), "sentence": loss_sentence.detach(),
                 "accuracy": accuracy}
+
+    # -- frozen features (weakground.engine.feature_cache) -------------------------------------------------------
+    def frozen_feature_spec(self) -> FrozenFeatureSpec:
+        """The image side when EfficientNet is frozen; the text side with the frozen MiniLM read as words (pieces
+        are not a prefix of their mask: [CLS] comes first)."""
+        image = text = ""
+        if "image_encoder" in self.frozen_modules:
+            image = frozen_image_identity(self.image_encoder, self.level_names, self.input_size)
+        if "text_encoder" in self.frozen_modules and self.config.word_units == "words":
+            text = f"multilevel-states:{self.config.text_encoder}:words"
+        return FrozenFeatureSpec(image=image, text=text)
+
+    @torch.no_grad()
+    def frozen_image_features(self, images: Tensor) -> dict[str, Tensor]:
+        """``{level: [B, C_l, h_l, w_l]}``: the raw maps :meth:`loss` would compute from these images."""
+        return dict(zip(self.level_names, self._level_maps(self.prepare_images(images))))
+
+    @torch.no_grad()
+    def frozen_text_features(self, texts: list[str]) -> dict[str, Tensor]:
+        """``units [T, W, 384]`` (zero-padded word states), their ``lengths [T]`` and ``sentence [T, 384]``."""
+        units, mask, sentence = self.text_encoder.states(list(texts), self.config.word_units)
+        return {"units": units, "lengths": unit_lengths(mask), "sentence": sentence}
 
     def heatmaps(self, images: Tensor, phrases: list[str], inference: InferenceSettings | None = None) -> Tensor:
         """Phrase maps ``[B, P, M, M']`` in [0, 1] (``relu``; ``softmax`` attention: a distribution per level).

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from weakground.config import ExperimentConfig
+from weakground.engine.feature_cache import CaptionFeatures, caption_features
 from weakground.engine.tasks.base import TASKS, Batches, Task, read_square
 from weakground.errors import ConfigError, WeakgroundError
 
@@ -68,19 +69,23 @@ def load_caption_train_set(spec: str, split: str, size: int, progress: bool = Fa
     return CaptionTrainSet(np.stack(images), captions, ids)
 
 
-def caption_batches(train_set: CaptionTrainSet, batch_size: int, rng: np.random.Generator
-                    ) -> Iterator[dict[str, Any]]:
+def caption_batches(train_set: CaptionTrainSet, batch_size: int, rng: np.random.Generator,
+                    features: CaptionFeatures | None = None) -> Iterator[dict[str, Any]]:
     """Shuffled batches of ``{"images": [B, 3, S, S] float in [0, 1], "captions": B strings}``.
 
     Each image appears once per epoch with one of its captions drawn at random; the other images' captions
     in the batch are its negatives. The last incomplete batch is dropped (ranking losses want full batches).
+    No augmentation: an image is the same array every epoch, which is what makes ``features`` (the frozen
+    encoders' precomputed output, :mod:`weakground.engine.feature_cache`) exact. They are added to the batch
+    without changing what the generator draws, so a cached run sees the same order and captions.
     """
     order = rng.permutation(len(train_set))
     for start in range(0, len(order) - batch_size + 1, batch_size):
         idx = order[start:start + batch_size]
         images = torch.from_numpy(train_set.images[idx]).permute(0, 3, 1, 2).float().div_(255.0)
         captions = [train_set.captions[i][rng.integers(len(train_set.captions[i]))] for i in idx]
-        yield {"images": images, "captions": captions}
+        batch = {"images": images, "captions": captions}
+        yield batch if features is None else {**batch, **features.batch(idx, captions)}
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +124,9 @@ class CaptionGrounding(Task):
 
     def batches(self, model: Any, config: ExperimentConfig, data: CaptionData) -> tuple[Batches, int]:
         batch_size = config.train.batch_size
-        return (lambda rng: caption_batches(data.train, batch_size, rng)), len(data.train) // batch_size
+        features = caption_features(model, data.train.images, data.train.captions, config.train.cache_features,
+                                    config.train.amp)
+        return (lambda rng: caption_batches(data.train, batch_size, rng, features)), len(data.train) // batch_size
 
     def validate(self, config: ExperimentConfig, data: CaptionData, device: torch.device
                  ) -> Callable[[Any], dict[str, float]]:
