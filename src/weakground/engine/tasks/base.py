@@ -69,6 +69,17 @@ class Task:
         """What ``weakground train`` prints at the end."""
 
 
+def store_config_in_checkpoint(model: Any, config: ExperimentConfig, checkpoint: Path) -> None:
+    """Write ``config`` (with the settings chosen on validation after training) into ``checkpoint``'s metadata,
+    so ``eval`` and ``locate`` use the same choices."""
+    from weakground.config import to_dict
+    from weakground.engine.checkpoint import read_checkpoint, save_checkpoint
+
+    _, meta = read_checkpoint(checkpoint)
+    meta["config"] = to_dict(config)
+    save_checkpoint(checkpoint, model, meta)
+
+
 def read_square(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]] | None:
     """An RGB training image resized to ``size x size`` (aspect not kept: the captions' left/right/above words
     survive a resize) and its own ``(height, width)``; ``None``, with a line saying why, for an unreadable file,

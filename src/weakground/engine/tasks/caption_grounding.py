@@ -21,7 +21,7 @@ import torch
 
 from weakground.config import ExperimentConfig
 from weakground.engine.feature_cache import CaptionFeatures, caption_features
-from weakground.engine.tasks.base import TASKS, Batches, Task, read_square
+from weakground.engine.tasks.base import TASKS, Batches, Task, read_square, store_config_in_checkpoint
 from weakground.errors import ConfigError, WeakgroundError
 
 
@@ -93,7 +93,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
             "attention_correctness": report["attention_correctness"],
             "center_baseline": report["baselines"]["center"], "random_baseline": report["baselines"]["random"],
             "n_queries": report["n_queries"], "n_images": report["n_images"],
-            "recall": report.get("recall")}
+            "recall": report.get("recall"), "box_accuracy": report.get("box_accuracy"),
+            "presence_auroc": report.get("presence", {}).get("auroc")}
 
 
 @dataclass
@@ -140,6 +141,31 @@ class CaptionGrounding(Task):
                     "t2i_R@1": r.get("recall", {}).get("text_to_image", {}).get("R@1", float("nan"))}
 
         return validate
+
+    def after_training(self, model: Any, config: ExperimentConfig, data: CaptionData, device: torch.device,
+                       checkpoint: Path, report: dict[str, Any]) -> ExperimentConfig:
+        """Calibrate presence on validation (Platt scaling of the method's presence scores, present phrases
+        against other images' phrases) and store it in the checkpoint, so ``locate`` can say "not found"."""
+        import dataclasses
+
+        from weakground.engine.phrase_eval import evaluate_phrase_grounding
+        from weakground.metrics import fit_platt
+
+        val = evaluate_phrase_grounding(model, data.spec, "val", max_images=max(1, config.data.n_val), device=device,
+                                        presence_scores=True)["presence"]
+        if not val["n_present"] or not val["n_absent"]:
+            print("presence not calibrated: the validation split gave no present and absent phrases")
+            return config
+        calibration = fit_platt(val["present_scores"], val["absent_scores"])
+        config = dataclasses.replace(config, eval=dataclasses.replace(
+            config.eval, presence_calibration=calibration.to_list()))
+        store_config_in_checkpoint(model, config, checkpoint)
+        report["presence_calibration"] = {"chosen": calibration.to_list(), "criterion": "Platt fit on validation",
+                                          "val_auroc": val["auroc"], "n_present": val["n_present"],
+                                          "n_absent": val["n_absent"]}
+        print(f"presence calibrated on validation (AUROC {val['auroc']:.3f} over {val['n_present']} present and "
+              f"{val['n_absent']} absent phrases)")
+        return config
 
     def test(self, model: Any, config: ExperimentConfig, data: CaptionData, device: torch.device, run_dir: Path,
              progress: bool, figure: bool, report: dict[str, Any]) -> None:

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 import torch
 
-from weakground.config import EvalConfig, ExperimentConfig, TrainConfig, to_dict
+from weakground.config import EvalConfig, ExperimentConfig, TrainConfig
 from weakground.data.batches import classification_batches, images_to_tensor, label_query_batches
-from weakground.engine.checkpoint import checkpoint_meta, read_checkpoint, save_checkpoint
+from weakground.engine.checkpoint import checkpoint_meta
 from weakground.engine.evaluate import evaluate_label_grounding, label_summary_rows, print_table
-from weakground.engine.tasks.base import TASKS, Batches, Task
+from weakground.engine.tasks.base import TASKS, Batches, Task, store_config_in_checkpoint
 from weakground.engine.trainer import Trainer, resolve_device
 
 
@@ -68,9 +68,7 @@ def choose_box_threshold(model: Any, config: ExperimentConfig, val_set: Any, dev
     in the checkpoint's config so ``eval`` and ``locate`` use it too."""
     best = best_box_threshold(model, config.eval, val_set, device)
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, box_threshold=best))
-    _, meta = read_checkpoint(checkpoint)
-    meta["config"] = to_dict(config)
-    save_checkpoint(checkpoint, model, meta)
+    store_config_in_checkpoint(model, config, checkpoint)
     return config
 
 
