@@ -41,7 +41,7 @@ from weakground.config import ExperimentConfig, load_config
 from weakground.engine.driver import machine_description
 from weakground.engine.inference import build_trained_method
 from weakground.engine.tasks import task_for
-from weakground.engine.trainer import resolve_device, seed_everything
+from weakground.engine.trainer import build_optimizer, resolve_device, seed_everything
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = ("matchmap_gpu", "multilevel_gpu", "dsve_loc_gpu", "mcb_attention_captions_gpu", "paper_scale")
@@ -106,9 +106,7 @@ def _sync(device: torch.device) -> None:
 def make_step(model: torch.nn.Module, config: ExperimentConfig, device: torch.device, variant: str
               ) -> Callable[[dict[str, Any]], float]:
     """One optimisation step as the trainer takes it (autocast, backward, clipping, Adam/SGD), for ``variant``."""
-    groups = model.param_groups(config.train.lr, config.train.backbone_lr_mult)
-    optimizer = (torch.optim.Adam(groups, lr=config.train.lr) if config.train.optimizer == "adam"
-                 else torch.optim.SGD(groups, lr=config.train.lr, momentum=config.train.momentum))
+    optimizer = build_optimizer(model, config.train)
     loss_fn = torch.compile(model.loss) if variant.endswith("compile") else model.loss
     use_bf16 = variant.startswith("bf16")
 

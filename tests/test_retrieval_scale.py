@@ -3,24 +3,19 @@ assertions)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("faiss")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "retrieval_scale.py"
+from benchmark_scripts import load_benchmark  # noqa: E402  (after the faiss skip)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("retrieval_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("retrieval_scale")
 
 
 def test_mixture_is_seeded_unit_vectors(bench):

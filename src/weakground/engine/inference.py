@@ -158,16 +158,15 @@ class Predictor:
         threshold = self.checked_threshold(threshold)
         phrases = check_phrases(phrases)
         tensor = image_to_tensor(image)
-        maps = self.heatmaps(tensor, phrases)
-        return self.with_presence(self.ground(image, maps[0], phrases, threshold), tensor)
-
-    def with_presence(self, groundings: list[Grounding], image: Tensor) -> list[Grounding]:
-        """``groundings`` of one ``[1, C, H, W]`` image with :attr:`Grounding.presence` and ``found`` filled in
-        (left ``None`` for an uncalibrated method)."""
-        if self.calibration is None or not groundings:
-            return groundings
+        if self.calibration is None:  # no presence to give: the maps alone
+            return self.ground(image, self.heatmaps(tensor, phrases)[0], phrases, threshold)
         with torch.no_grad():
-            raw = self.model.presence_scores(image.to(self.device), [g.phrase for g in groundings])[0].tolist()
+            maps, raw = self.model.grounding_maps_and_presence(tensor.to(self.device), list(phrases))
+        return self.with_presence(self.ground(image, maps[0], phrases, threshold), raw[0].tolist())
+
+    def with_presence(self, groundings: list[Grounding], raw: Sequence[float]) -> list[Grounding]:
+        """``groundings`` with :attr:`Grounding.presence` and ``found`` from their phrases' raw presence scores
+        through :attr:`calibration` (which must be set)."""
         for grounding, score in zip(groundings, raw):
             grounding.presence = round(self.calibration.probability(score), 4)
             grounding.found = grounding.presence >= self.calibration.threshold

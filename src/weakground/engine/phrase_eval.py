@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -100,6 +101,7 @@ def _queries(record: ImageRecord) -> list[Phrase]:
     return [p for c in record.captions for p in c.phrases] + list(record.objects)
 
 
+@functools.lru_cache(maxsize=65536)  # a split's phrases are drawn as absent candidates for image after image
 def _head(text: str) -> str:
     # The head-noun rule of `bridge` (a word-list noun-phrase reduction, no parser), used here only to keep an
     # absent phrase from naming what the image shows under another wording ("a dog" / "the dog").

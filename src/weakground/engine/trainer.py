@@ -57,6 +57,19 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names over ``model.param_groups``, each group remembering its ``base_lr`` for
+    the schedule."""
+    groups = model.param_groups(config.lr, config.backbone_lr_mult)
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    raise ConfigError(f"train.optimizer {config.optimizer!r}: expected 'sgd' or 'adam'")
+
+
 class Trainer:
     """Runs one training stage of ``model`` and writes its outputs under ``run_dir``.
 
@@ -93,15 +106,7 @@ class Trainer:
         self.train_loss = model.loss  # model.loss, or its DDP wrapper while fit runs under torchrun
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        groups = self.model.param_groups(self.config.lr, self.config.backbone_lr_mult)
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        if self.config.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        if self.config.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum,
-                                   weight_decay=self.config.weight_decay)
-        raise ConfigError(f"train.optimizer {self.config.optimizer!r}: expected 'sgd' or 'adam'")
+        return build_optimizer(self.model, self.config)
 
     def fit(self, make_batches: Callable[[np.random.Generator], Iterable[Batch]], steps_per_epoch: int,
             resume: bool = False) -> dict[str, Any]:

@@ -183,12 +183,20 @@ class Grounder(nn.Module):
         return total / copies
 
     @torch.no_grad()
-    def presence_scores(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def presence_scores(self, images: Tensor, phrases: list[str], maps: Tensor | None = None) -> Tensor:
         """``[B, P]`` raw evidence that each phrase is in each image, higher for more (the method's own scale:
         :class:`~weakground.metrics.calibration.PresenceCalibration` turns it into a probability). By default
-        the peak of the phrase's map before any normalisation; a method with a better signal (its trained
-        image-text score, its classifier's evidence) overrides this."""
-        return self.grounding_maps(images, phrases).flatten(2).amax(-1)
+        the peak of the phrase's map (``maps``, when the caller already has :meth:`grounding_maps`); a method
+        with a better signal (its trained image-text score, its classifier's evidence) overrides this."""
+        maps = self.grounding_maps(images, phrases) if maps is None else maps
+        return maps.flatten(2).amax(-1)
+
+    @torch.no_grad()
+    def grounding_maps_and_presence(self, images: Tensor, phrases: list[str]) -> tuple[Tensor, Tensor]:
+        """:meth:`grounding_maps` and :meth:`presence_scores` of one call (what ``locate`` asks of a calibrated
+        method); a method whose two share work overrides this to do that work once (``bridge``)."""
+        maps = self.grounding_maps(images, phrases)
+        return maps, self.presence_scores(images, phrases, maps)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training losses for one batch; the ``"total"`` entry is optimised, the others are logged."""
@@ -220,9 +228,9 @@ class JointSpaceGrounder(Grounder):
         raise NotImplementedError(f"method {self.name!r} declares a joint space but does not implement scores")
 
     @torch.no_grad()
-    def presence_scores(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def presence_scores(self, images: Tensor, phrases: list[str], maps: Tensor | None = None) -> Tensor:
         """The trained image-text score (:meth:`scores`) of each phrase: what the method learned to rank a
-        caption's image above others' by is its evidence that the phrase is there."""
+        caption's image above others' by is its evidence that the phrase is there (``maps`` is not needed)."""
         return self.scores(images, phrases)
 
 

@@ -382,11 +382,9 @@ class Bridge(Grounder):
         """The phrases' normalised maps from the images' head maps (``heads``: scale -> ``[B, 1280, h, w]``)
         and the text weights ``[P, 1000]``."""
         maps: list[Tensor] = []
-        evidence: Tensor | None = None
+        evidence = self._evidence(heads[min(heads)])
         for scale in sorted(heads):
             head = heads[scale]
-            if evidence is None:  # the image's class probabilities, from the first (smallest) scale
-                evidence = torch.softmax(self.encoder.logits(head), dim=-1)  # [B, 1000]
             weights = text[None] * (evidence[:, None] + self.config.evidence_floor) ** self.config.evidence_power
             weights = weights / weights.sum(-1, keepdim=True)
             cam = self.encoder.class_activation(head, weights)  # [B, P, h, w]
@@ -415,18 +413,30 @@ class Bridge(Grounder):
 
         return PresenceCalibration(self.config.presence_scale, self.config.presence_bias)
 
+    def _evidence(self, head: Tensor) -> Tensor:
+        """The image's class probabilities ``[B, 1000]`` from a head map (the smallest scale's)."""
+        return torch.softmax(self.encoder.logits(head), dim=-1)
+
     @torch.no_grad()
-    def presence_scores(self, images: Tensor, phrases: list[str]) -> Tensor:
+    def presence_scores(self, images: Tensor, phrases: list[str], maps: Tensor | None = None) -> Tensor:
         """``[B, P]``: the image's probability mass on the classes the phrase names, ``sum_k t_k p_k`` (text
         weights times image evidence, at the smallest scale, as :meth:`heatmaps` reads it). The maps are
-        normalised to peak 1, so their peak says nothing; this says whether anything the phrase names is seen.
-        A head part with no owner ("green eyes") has uniform text weights and so no evidence either way."""
+        normalised to peak 1, so their peak says nothing (``maps`` is not read); this says whether anything the
+        phrase names is seen. A head part with no owner ("green eyes") has uniform text weights and so no
+        evidence either way."""
         self.check_images(images)
         text = self.text_weights(list(phrases)).to(self.encoder.classifier.weight.device)  # [P, 1000]
         device = self.encoder.classifier.weight.device
         head = self.encoder(self._prepare(images.to(device), min(self.config.scales)), levels=("head",))["head"]
-        evidence = torch.softmax(self.encoder.logits(head), dim=-1)  # [B, 1000]
-        return evidence @ text.T
+        return self._evidence(head) @ text.T
+
+    @torch.no_grad()
+    def grounding_maps_and_presence(self, images: Tensor, phrases: list[str]) -> tuple[Tensor, Tensor]:
+        """:meth:`heatmaps` and :meth:`presence_scores` from one text encoding and one encoder pass per scale."""
+        self.check_images(images)
+        text = self.text_weights(list(phrases)).to(self.encoder.classifier.weight.device)  # [P, 1000]
+        heads = self._heads([images])[0]
+        return self._maps(images, phrases, text, heads), self._evidence(heads[min(heads)]) @ text.T
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise InputError("method 'bridge' has no training: it grounds with pretrained ImageNet and MiniLM "
