@@ -56,6 +56,9 @@ def test_train_writes_report_figure_and_checkpoints(trained):
     assert chosen in (0.5, 0.8) and report["config"]["eval"]["box_threshold"] == chosen
     saved = json.loads((trained / "checkpoints" / "train_best.json").read_text())
     assert saved["config"]["eval"]["box_threshold"] == chosen  # eval and locate use the validated threshold
+    calibration = report["presence_calibration"]  # digits' presence, Platt-fitted on validation, stored
+    assert calibration["n_present"] > 0 and calibration["n_absent"] > 0 and 0.0 <= calibration["val_auroc"] <= 1.0
+    assert saved["config"]["eval"]["presence_calibration"] == calibration["chosen"]
 
 
 def test_resume_continues_from_the_last_epoch(trained, capsys):
@@ -87,6 +90,7 @@ def test_eval_and_locate_use_the_checkpoint(trained, tmp_path, capsys):
     assert code == 0, err
     result = json.loads(out)
     assert [r["phrase"] for r in result["results"]] == ["3", "seven"]
+    assert all(0.0 <= r["presence"] <= 1.0 and isinstance(r["found"], bool) for r in result["results"])
     assert overlay.stat().st_size > 1000
 
 

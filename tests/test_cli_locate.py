@@ -30,7 +30,16 @@ def test_locate_writes_overlay_and_json(capsys, tmp_path, photo, bridge_model):
     assert [r["phrase"] for r in report["results"]] == ["the cat", "chat café ☕"]
     x, y = report["results"][0]["point"]
     assert 0 <= x < 451 and 0 <= y < 300 and report["results"][0]["boxes"]
+    assert report["boxes"] == "instance" and report["results"][0]["found"] is True
     assert out.stat().st_size > 1000
+
+
+def test_locate_prints_not_found_and_takes_a_box_kind(capsys, tmp_path, photo, bridge_model):
+    code, stdout, err = run(capsys, "locate", photo, "the cat", "a red shirt", "--boxes", "threshold",
+                            "--out", tmp_path / "o.png")
+    assert code == 0, err
+    cat, shirt = [line for line in stdout.splitlines() if line.startswith("  '")]
+    assert "threshold box(es), presence" in cat and "NOT FOUND (presence" in shirt
 
 
 def test_locate_folder_mode_reports_bad_files_and_keeps_going(capsys, tmp_path, photo, bridge_model):
@@ -54,6 +63,8 @@ def test_locate_folder_mode_reports_bad_files_and_keeps_going(capsys, tmp_path, 
     (lambda p, t: [p], "no phrase"),
     (lambda p, t: [p, "a cat", "--method", "mcb_attention"], "must be trained first"),
     (lambda p, t: [p, "a cat", "--method", "nope"], "unknown method"),
+    (lambda p, t: [p, "the", "a cat"], "no word that names something"),
+    (lambda p, t: [p, "a cat", "--boxes", "instance", "--threshold", "0.3"], "applies to threshold boxes"),
 ])
 def test_locate_bad_input_is_one_line_exit_2(capsys, tmp_path, photo, make_args, message):
     code, _, err = run(capsys, "locate", *make_args(photo, tmp_path), "--out", tmp_path / "o.png")

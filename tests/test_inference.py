@@ -32,6 +32,54 @@ def test_ground_maps_takes_the_first_argmax_and_thresholded_components():
 def test_an_empty_map_has_a_point_but_no_box():
     (g,) = ground_maps(torch.zeros(1, 4, 4), ["nothing"], 0.5)
     assert g.point == (0, 0) and g.peak == 0.0 and g.boxes == [] and g.box_scores == []
+    assert g.found is False  # a flat map points nowhere: "not found", even for an uncalibrated method
+
+
+def test_a_flat_map_is_not_found_even_when_its_presence_is_high():
+    from weakground.metrics import PresenceCalibration
+
+    predictor = load("center")
+    predictor.calibration = PresenceCalibration(1.0, 0.0)
+    maps = torch.full((2, 4, 4), 0.7)
+    maps[1, 2, 3] = 0.9
+    flat, peaked = predictor.ground(np.zeros((4, 4, 3), np.uint8), maps, ["blank", "spot"], 0.9, [5.0, 5.0])
+    assert flat.found is False and flat.boxes == [] and flat.presence > 0.99
+    assert peaked.found is True and peaked.boxes == [(3.0, 2.0, 4.0, 3.0)]
+
+
+def test_instance_boxes_cover_each_object_where_a_threshold_cuts_one_away():
+    from weakground.engine.inference import INSTANCE_RULE
+
+    hm = torch.zeros(1, 10, 20)
+    hm[0, 1:5, 1:6] = 0.5  # object 1: its body ...
+    hm[0, 2, 2] = 1.0  # ... and its hot spot
+    hm[0, 6:9, 12:18] = 0.4  # object 2, weaker everywhere
+    (threshold,) = ground_maps(hm, ["x"], threshold=0.6)
+    (instance,) = ground_maps(hm, ["x"], threshold=INSTANCE_RULE)
+    assert threshold.boxes == [(2.0, 2.0, 3.0, 3.0)]  # only the hot spot survives 0.6 x peak
+    assert instance.boxes == [(1.0, 1.0, 6.0, 5.0)]  # object 2 peaks at 0.4 < min_peak 0.5 x the maximum
+    assert instance.point == threshold.point == (2, 2)
+
+
+def test_box_rule_defaults_and_one_line_errors():
+    predictor = load("center")
+    assert predictor.default_boxes == "threshold" and predictor.box_rule().kind == "threshold"
+    assert predictor.box_rule(boxes="instance").kind == "instance"
+    assert predictor.box_rule(0.3).threshold == 0.3 and predictor.box_rule().threshold == 0.5
+    with pytest.raises(InputError, match="applies to threshold boxes"):
+        predictor.box_rule(0.3, "instance")
+    with pytest.raises(InputError, match="must be one of threshold, instance"):
+        predictor.box_rule(boxes="polygons")
+
+
+@pytest.mark.parametrize("phrase", ["the", "of it", "!!!", "and then", "...?"])
+def test_a_phrase_with_no_content_word_is_refused(phrase):
+    with pytest.raises(InputError, match="has no word that names something"):
+        check_phrases(["the cat", phrase])
+
+
+def test_content_words_in_any_script_and_digits_pass():
+    assert check_phrases(["3", "東京タワー", "two dogs", "café"]) == ["3", "東京タワー", "two dogs", "café"]
 
 
 @pytest.mark.parametrize("phrases, message", [

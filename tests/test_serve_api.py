@@ -98,7 +98,8 @@ def test_locate_a_real_photo_with_non_ascii_phrases(client, chelsea):
                image_png=True)
     assert r.status_code == 200, r.text
     answer = r.json()
-    assert answer["method"] == "bridge" and answer["threshold"] == 0.5
+    # bridge's default boxes are instance boxes (one per object), so no threshold was used
+    assert answer["method"] == "bridge" and answer["boxes"] == "instance" and answer["threshold"] is None
     assert answer["image"] == {"name": "chelsea.png", "width": 451, "height": 300}
     assert [res["phrase"] for res in answer["results"]] == ["the cat", "café table", "猫の目"]
     for res in answer["results"]:
@@ -114,10 +115,30 @@ def test_locate_a_real_photo_with_non_ascii_phrases(client, chelsea):
     cat = answer["results"][0]
     x, y = cat["point"]
     assert 20 <= x <= 420 and y <= 280  # somewhere on the cat, which fills the frame
+    assert cat["found"] is True and cat["presence"] >= 0.5
+    loose = locate(client, chelsea, ["the cat"], heatmap_png=False, boxes="threshold").json()
     r = locate(client, chelsea, ["the cat"], heatmap_png=False, threshold=0.9)
     tight = r.json()["results"][0]
+    assert r.json()["boxes"] == "threshold" and r.json()["threshold"] == 0.9 and loose["threshold"] == 0.5
     assert tight["heatmap_png"] is None and tight["overlay_png"] is None and r.json()["image_png"] is None
-    assert tight["point"] == cat["point"] and len(tight["boxes"]) <= len(cat["boxes"])
+    assert tight["point"] == cat["point"] and len(tight["boxes"]) <= len(loose["results"][0]["boxes"])
+
+
+def test_absent_phrase_is_not_found_but_still_drawn(client, chelsea):
+    answer = locate(client, chelsea, ["the cat", "a red shirt", "the clock"]).json()
+    cat, shirt, clock = answer["results"]
+    assert cat["found"] is True and shirt["found"] is False and clock["found"] is False
+    assert shirt["presence"] < 0.5 <= cat["presence"]
+    assert shirt["heatmap_png"] and shirt["boxes"]  # "not found" still shows where the map peaks
+    health = client.get("/api/health").json()
+    assert health["presence"] is True and health["default_boxes"] == "instance"
+
+
+def test_instance_boxes_with_a_threshold_are_422_in_one_line(client, chelsea):
+    r = locate(client, chelsea, ["the cat"], boxes="instance", threshold=0.3)
+    assert r.status_code == 422 and "threshold boxes" in r.json()["detail"]
+    r = locate(client, chelsea, ["the cat"], boxes="octagons")
+    assert r.status_code == 422 and "\n" not in r.json()["detail"]
 
 
 def _modes():
@@ -357,7 +378,7 @@ def test_timed_out_work_stops_at_its_next_step_and_frees_its_slot(chelsea, monke
     model = SlowModel(0.8)
     app = create_app(ServeSettings(timeout_s=0.3), loader=lambda s: LoadedModel(Predictor(model, 0.5, "slow")))
     with TestClient(app) as c:
-        r = locate(c, chelsea, ["a", "b", "c"], overlay_png="true")
+        r = locate(c, chelsea, ["x", "y", "z"], overlay_png="true")
         assert r.status_code == 504
         health = c.get("/api/health").json()  # answered while the model is still busy with the timed-out job
         assert health["status"] == "ok" and health["in_progress"] == 1

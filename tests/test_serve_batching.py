@@ -2,12 +2,14 @@
 each would be alone; a bad request in a batch fails only itself; a request whose deadline passes while it is
 queued is dropped from its batch and never reaches the model."""
 
+import io
 import threading
 import time
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("python_multipart", reason="the web app needs python-multipart (the serve extra)")
@@ -72,7 +74,10 @@ def _same_answer(batched: dict, alone: dict) -> None:
 
 def test_concurrent_requests_are_batched_and_answered_as_if_alone(bridge_model):
     photos = {name: demo_photo_path(name).read_bytes() for name, _ in REQUESTS}
-    requests = REQUESTS + [("coffee", ["!!!"])]  # no word to ground: a 400 of its own, inside a batch
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, "PNG")
+    photos["tiny"] = buffer.getvalue()
+    requests = REQUESTS + [("tiny", ["a cup"])]  # below bridge's smallest side: a 400 of its own, inside a batch
     settings = ServeSettings(max_batch=8, batch_wait_ms=300.0, timeout_s=120.0)
     loader = lambda s: LoadedModel(Predictor(bridge_model, 0.5, "bridge"))  # noqa: E731
     with TestClient(create_app(settings, loader=loader)) as client:

@@ -91,6 +91,10 @@ def test_upload_locate_and_see_the_overlays(page, server):
         assert canvas.get_attribute("data-point") == f"{x},{y}"
         assert canvas.get_attribute("data-boxes") == str(len(result["boxes"])) != "0"
         assert f"({x}, {y})" in cards.nth(i).locator(".point").text_content()
+        # The presence verdict: a "not found" badge exactly on the cards the answer says are not found.
+        assert cards.nth(i).get_attribute("data-found") == str(result["found"]).lower()
+        assert cards.nth(i).locator(".verdict").count() == (0 if result["found"] else 1)
+        assert f"{result['presence']:.2f}" in cards.nth(i).locator(".presence").text_content()
         assert shown["results"][i]["point"] == result["point"] and shown["results"][i]["boxes"] == result["boxes"]
         # The drawing is on the canvas: the cross's centre is white, and so is the first box's left edge.
         width = page.evaluate(f"document.querySelectorAll('#results canvas')[{i}].width")
@@ -99,6 +103,7 @@ def test_upload_locate_and_see_the_overlays(page, server):
         x1, y1, x2, y2 = result["boxes"][0]
         r, g, b, _ = pixel(page, i, x1 * scale, (y1 + y2) / 2 * scale)
         assert (r > 200 and g > 200) or max(r, g, b) < 90  # white / yellow stroke or its dark outline
+    assert answer["results"][1]["found"] is False  # no café table in the astronaut photo
     astronaut = answer["results"][0]
     assert astronaut["point"][0] < 400  # the astronaut fills the left two thirds of the 512x512 photo
     if os.environ.get("WEAKGROUND_SCREENSHOT"):

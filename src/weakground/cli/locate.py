@@ -27,8 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phrases", dest="phrase_file", type=Path, help="a UTF-8 file with one phrase a line")
     p.add_argument("--out", type=Path, help="overlay figure (default: runs/locate/IMAGE_STEM.png), or with "
                    "--folder the folder for one overlay per image (default: runs/locate/)")
-    p.add_argument("--threshold", type=float, help="box threshold as a fraction of the peak (default: the "
-                   "checkpoint's, else 0.5)")
+    p.add_argument("--boxes", choices=("instance", "threshold"), help="instance: one box per object, grown from "
+                   "each peak of the map; threshold: the regions at or above --threshold x the peak (default: the "
+                   "method's: instance for bridge, threshold for a checkpoint)")
+    p.add_argument("--threshold", type=float, help="box threshold as a fraction of the peak, for threshold boxes "
+                   "(default: the checkpoint's, else 0.5; giving it asks for threshold boxes)")
     add_overrides(p, "how the model reads images: with --checkpoint data.eval_resize=BOOL or eval.shift_average=N; "
                   "with a named method its method.params.KEY=VALUE (repeatable)")
     p.add_argument("--json", action="store_true", help="print points and boxes as JSON")
@@ -58,16 +61,18 @@ def default_overlay(image: Path) -> Path:
     return Path("runs") / "locate" / f"{image.stem}.png"
 
 
-def locate_one(predictor: Any, path: Path, phrases: list[str], threshold: float | None, out: Path) -> dict:
-    """Ground ``phrases`` in the image at ``path`` and draw the overlay to ``out``."""
+def locate_one(predictor: Any, path: Path, phrases: list[str], args: argparse.Namespace, out: Path) -> dict:
+    """Ground ``phrases`` in the image at ``path`` (boxes as ``args.boxes``/``args.threshold`` ask) and draw the
+    overlay to ``out``."""
     from weakground.io import read_image
     from weakground.viz import overlay_figure
 
     image = read_image(path, channels=predictor.channels)
-    found = predictor.locate_array(image, phrases, threshold)
+    found = predictor.locate_array(image, phrases, args.threshold, args.boxes)
     overlay_figure(image, [g.heatmap for g in found], phrases, [[list(b) for b in g.boxes] for g in found],
                    [g.point for g in found], out)
-    return {"image": str(path), "results": [g.to_dict() for g in found], "overlay": str(out)}
+    kind = predictor.box_rule(args.threshold, args.boxes).kind
+    return {"image": str(path), "boxes": kind, "results": [g.to_dict() for g in found], "overlay": str(out)}
 
 
 def print_located(report: dict) -> None:
@@ -75,8 +80,8 @@ def print_located(report: dict) -> None:
     for r in report["results"]:
         verdict = "" if r.get("found") is None else (
             f", presence {r['presence']:.2f}" if r["found"] else f", NOT FOUND (presence {r['presence']:.2f})")
-        print(f"  {r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} box(es)"
-              f"{verdict}")
+        print(f"  {r['phrase']!r}: point {tuple(r['point'])}, peak {r['peak']:.3f}, {len(r['boxes'])} "
+              f"{report['boxes']} box(es){verdict}")
     print(f"  overlay: {report['overlay']}")
 
 
@@ -84,6 +89,9 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[Path] | None]:
     """Everything locate reads, checked before any model loads: the phrases, and the folder's images."""
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise WeakgroundError(f"--threshold {args.threshold}: must lie in [0, 1] (a fraction of the map's peak)")
+    if args.threshold is not None and args.boxes == "instance":
+        raise WeakgroundError("--threshold applies to threshold boxes; instance boxes grow from each peak (drop "
+                              "--threshold, or give --boxes threshold)")
     if args.demo is not None:
         from weakground.data.demo_photos import demo_photo_path
 
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = load(args.checkpoint if args.checkpoint is not None else (args.method or "bridge"),
                      method=args.method if args.checkpoint is not None else None, overrides=args.overrides)
     if images is None:
-        report = locate_one(predictor, args.image, phrases, args.threshold, args.out or default_overlay(args.image))
+        report = locate_one(predictor, args.image, phrases, args, args.out or default_overlay(args.image))
         if args.json:
             print(json.dumps(report, indent=2, ensure_ascii=False))
         else:
@@ -123,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     reports, failures = [], 0
     for path in images:
         try:
-            report = locate_one(predictor, path, phrases, args.threshold, out_dir / f"{path.stem}.png")
+            report = locate_one(predictor, path, phrases, args, out_dir / f"{path.stem}.png")
         except WeakgroundError as exc:
             # One bad file must not lose the others' results: report it, go on, and exit 2 at the end.
             failures += 1

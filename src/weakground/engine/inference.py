@@ -27,7 +27,8 @@ from weakground.errors import CheckpointError, ConfigError, InputError, Weakgrou
 # Checked before any model (or torch) loads; re-exported here, where every door has always found them.
 from weakground.engine.inputs import IMAGE_SUFFIXES, MAX_PHRASE_CHARS, check_phrases  # noqa: F401
 from weakground.methods import Captioner, Grounder, InferenceSettings, create_method
-from weakground.metrics import PresenceCalibration, heatmap_to_boxes, resize_heatmap
+from weakground.metrics import PresenceCalibration, resize_heatmap
+from weakground.metrics.instances import BoxRule
 from weakground.registry import METHODS
 
 # How a checkpoint reads images, as opposed to what it learned: the only settings eval/locate --set may change.
@@ -48,13 +49,14 @@ class Grounding:
         phrase: the phrase as grounded (whitespace normalised).
         point: ``(x, y)``, the 0-based pixel of the heatmap's peak.
         peak: the heatmap's maximum (method-specific scale; not a calibrated confidence).
-        boxes: regions at or above ``threshold x peak``, ``(x1, y1, x2, y2)`` in pixel edges, best first.
+        boxes: ``(x1, y1, x2, y2)`` in pixel edges, best first: instance boxes (one per object, grown from each
+            peak) or the regions at or above ``threshold x peak`` (see :meth:`Predictor.box_rule`).
         box_scores: each box's peak value.
         heatmap: ``[H, W]`` float32, the map resized to the image.
         presence: the calibrated probability that the phrase is in the image (the method's presence score through
             its :class:`~weakground.metrics.PresenceCalibration`); ``None`` for a method with no calibration.
         found: ``presence >= `` the calibration's threshold; ``None`` when uncalibrated. False: "not found" (the
-            point, boxes and map are still given, for a look).
+            point, boxes and map are still given, for a look); always False for a flat map (nothing to point at).
     """
 
     phrase: str
@@ -73,22 +75,38 @@ class Grounding:
                 "presence": self.presence, "found": self.found}
 
 
-def ground_maps(maps: Tensor, phrases: Sequence[str], threshold: float) -> list[Grounding]:
+# Instance boxes (region growing from each peak, :func:`weakground.metrics.instances.instance_boxes`) at the
+# rule's defaults: on the bundled demo photos they lift box accuracy from 0.175 (threshold 0.5) to 0.404
+# (benchmarks/instance_boxes.py --method bridge).
+INSTANCE_RULE = BoxRule("instance", grow=0.3, min_peak=0.5)
+BOX_KINDS = ("threshold", "instance")
+# A map whose range is below this fraction of its peak has no peak to point at (a blank image, a phrase the
+# method gives no evidence anywhere): its phrase is "not found" and gets no box.
+FLAT_MAP_RANGE = 1e-6
+
+
+def ground_maps(maps: Tensor, phrases: Sequence[str], threshold: float | BoxRule) -> list[Grounding]:
     """Heatmaps at the image's size -> one :class:`Grounding` per phrase: the argmax point (first in raster
-    order on ties) and the 8-connected regions at or above ``threshold`` x the map's peak.
+    order on ties) and its boxes.
 
     Args:
         maps: ``[P, H, W]`` non-negative maps, already resized to the image.
         phrases: the P phrases.
-        threshold: box threshold as a fraction of each map's peak, in [0, 1].
+        threshold: the box threshold as a fraction of each map's peak, in [0, 1] (8-connected regions at or
+            above it), or a :class:`~weakground.metrics.instances.BoxRule` (e.g. instance boxes).
+
+    A flat map (no value above the rest, e.g. on a blank image) gets no box and ``found=False``.
     """
+    rule = threshold if isinstance(threshold, BoxRule) else BoxRule("threshold", threshold=float(threshold))
     results = []
     for phrase, hm in zip(phrases, maps):
         hm = hm.detach().float().cpu()
-        boxes, scores = heatmap_to_boxes(hm, threshold)
+        peak = float(hm.max())
+        flat = not bool(torch.isfinite(hm).all()) or float(hm.max() - hm.min()) <= FLAT_MAP_RANGE * max(1.0, abs(peak))
+        boxes, scores = (torch.zeros(0, 4), torch.zeros(0)) if flat else rule.boxes(hm)
         y, x = divmod(int(hm.argmax()), hm.shape[1])
-        results.append(Grounding(phrase, (x, y), float(hm.max()), [tuple(float(v) for v in b) for b in boxes.tolist()],
-                                 [float(s) for s in scores], hm.numpy()))
+        results.append(Grounding(phrase, (x, y), peak, [tuple(float(v) for v in b) for b in boxes.tolist()],
+                                 [float(s) for s in scores], hm.numpy(), found=False if flat else None))
     return results
 
 
@@ -117,12 +135,16 @@ class Predictor:
         model: the :class:`~weakground.methods.Grounder`, in eval mode.
         config: the checkpoint's resolved experiment config (``None`` for a method built by name).
         box_threshold: default box threshold (the one chosen on validation at training, else 0.5).
+        default_boxes: the box kind given when none is asked for: ``"instance"`` for a method whose maps are
+            uneven over an object (``bridge``'s class-activation maps on photos), else ``"threshold"``.
+        calibration: the presence calibration (``None``: the method gives no presence verdict).
         source: the method name or checkpoint path it was loaded from.
     """
 
     def __init__(self, model: Grounder, box_threshold: float, source: str,
                  config: ExperimentConfig | None = None) -> None:
         self.model, self.box_threshold, self.source, self.config = model.eval(), box_threshold, source, config
+        self.default_boxes = getattr(model, "default_boxes", "threshold")
         # A checkpoint's calibration was fitted on its validation split at training; a fixed method may carry one.
         self.calibration = (PresenceCalibration.from_list(config.eval.presence_calibration) if config is not None
                             else getattr(model, "presence_calibration", None))
@@ -150,26 +172,22 @@ class Predictor:
         with torch.no_grad():
             return self.model.grounding_maps(images.to(self.device), list(phrases))
 
-    def locate_array(self, image: np.ndarray, phrases: Sequence[str], threshold: float | None = None
-                     ) -> list[Grounding]:
+    def locate_array(self, image: np.ndarray, phrases: Sequence[str], threshold: float | None = None,
+                     boxes: str | None = None) -> list[Grounding]:
         """:meth:`locate` for a decoded uint8 image (what the web app holds after decoding an upload)."""
         from weakground.io import image_to_tensor
 
-        threshold = self.checked_threshold(threshold)
+        rule = self.box_rule(threshold, boxes)
         phrases = check_phrases(phrases)
-        tensor = image_to_tensor(image)
-        if self.calibration is None:  # no presence to give: the maps alone
-            return self.ground(image, self.heatmaps(tensor, phrases)[0], phrases, threshold)
-        with torch.no_grad():
-            maps, raw = self.model.grounding_maps_and_presence(tensor.to(self.device), list(phrases))
-        return self.with_presence(self.ground(image, maps[0], phrases, threshold), raw[0].tolist())
+        (maps, raw), = self.maps_and_presence_many([image_to_tensor(image)], [phrases])
+        return self.ground(image, maps[0], phrases, rule, None if raw is None else raw[0].tolist())
 
     def with_presence(self, groundings: list[Grounding], raw: Sequence[float]) -> list[Grounding]:
         """``groundings`` with :attr:`Grounding.presence` and ``found`` from their phrases' raw presence scores
-        through :attr:`calibration` (which must be set)."""
+        through :attr:`calibration` (which must be set). A flat map stays not found."""
         for grounding, score in zip(groundings, raw):
             grounding.presence = round(self.calibration.probability(score), 4)
-            grounding.found = grounding.presence >= self.calibration.threshold
+            grounding.found = grounding.presence >= self.calibration.threshold and grounding.found is not False
         return groundings
 
     def checked_threshold(self, threshold: float | None) -> float:
@@ -179,25 +197,62 @@ class Predictor:
             raise InputError(f"threshold {threshold}: must lie in [0, 1] (a fraction of the map's peak)")
         return threshold
 
-    def ground(self, image: np.ndarray, maps: Tensor, phrases: Sequence[str], threshold: float) -> list[Grounding]:
-        """One image's ``[P, h, w]`` maps (from :meth:`heatmaps`) resized to ``image`` and grounded."""
-        return ground_maps(resize_heatmap(maps.float().cpu(), tuple(image.shape[:2])), phrases, threshold)
+    def box_rule(self, threshold: float | None = None, boxes: str | None = None) -> BoxRule:
+        """The boxes asked for: ``boxes`` ``"instance"`` (one per object) or ``"threshold"`` (regions at or above
+        ``threshold`` x the peak, default :attr:`box_threshold`); ``None``: :attr:`default_boxes`, or threshold
+        boxes when a ``threshold`` is given. One-line :class:`InputError` for an unknown kind, or a threshold
+        given with instance boxes (it would be ignored)."""
+        kind = boxes if boxes is not None else ("threshold" if threshold is not None else self.default_boxes)
+        if kind not in BOX_KINDS:
+            raise InputError(f"boxes {kind!r}: must be one of {', '.join(BOX_KINDS)}")
+        if kind == "instance":
+            if threshold is not None:
+                raise InputError("a box threshold applies to threshold boxes; instance boxes grow from each peak "
+                                 "(drop the threshold, or ask for threshold boxes)")
+            return INSTANCE_RULE
+        return BoxRule("threshold", threshold=self.checked_threshold(threshold))
+
+    def ground(self, image: np.ndarray, maps: Tensor, phrases: Sequence[str], rule: float | BoxRule,
+               raw_presence: Sequence[float] | None = None) -> list[Grounding]:
+        """One image's ``[P, h, w]`` maps (from :meth:`heatmaps`) resized to ``image`` and grounded with the box
+        ``rule``; with ``raw_presence`` (from :meth:`maps_and_presence_many`) and a calibration, each phrase's
+        presence and verdict too."""
+        found = ground_maps(resize_heatmap(maps.float().cpu(), tuple(image.shape[:2])), phrases, rule)
+        if raw_presence is None or self.calibration is None:
+            return found
+        return self.with_presence(found, raw_presence)
 
     def heatmaps_many(self, images: Sequence[Tensor], phrases: Sequence[Sequence[str]]) -> list[Tensor]:
         """:meth:`heatmaps` of several requests, each ``[1, C, H, W]`` with its own phrases -> one ``[1, P_i, h,
-        w]`` per request. A method with a batched path (``bridge``'s ``heatmaps_many``) runs them together;
-        any other, or one averaging shifted copies, runs them one after the other."""
-        batched = getattr(self.model, "heatmaps_many", None)
-        settings = getattr(self.model, "inference", None)
-        if batched is None or (settings is not None and settings.shift_average > 1):
-            return [self.heatmaps(image, texts) for image, texts in zip(images, phrases)]
-        with torch.no_grad():
-            return batched([image.to(self.device) for image in images], [list(texts) for texts in phrases])
+        w]`` per request (see :meth:`maps_and_presence_many`)."""
+        return [maps for maps, _ in self.maps_and_presence_many(images, phrases, presence=False)]
 
-    def locate(self, image: Any, phrases: Sequence[str], threshold: float | None = None) -> list[Grounding]:
-        """Ground each phrase in ``image`` (a path, a PIL image or a uint8 ``[H, W(, 3)]`` array)."""
+    def maps_and_presence_many(self, images: Sequence[Tensor], phrases: Sequence[Sequence[str]],
+                               presence: bool | None = None) -> list[tuple[Tensor, Tensor | None]]:
+        """Per request (``[1, C, H, W]`` with its own phrases): its ``[1, P_i, h, w]`` maps and ``[1, P_i]`` raw
+        presence scores (``None`` when ``presence`` is False; by default given when there is a
+        :attr:`calibration` to read them). A method with a batched path (``bridge``'s
+        ``grounding_maps_and_presence_many``) runs the requests together; any other, or one averaging shifted
+        copies, runs them one after the other."""
+        presence = self.calibration is not None if presence is None else presence
+        images = [image.to(self.device) for image in images]
+        phrases = [list(texts) for texts in phrases]
+        batched = getattr(self.model, "grounding_maps_and_presence_many", None)
+        settings = getattr(self.model, "inference", None)
+        with torch.no_grad():
+            if batched is not None and (settings is None or settings.shift_average <= 1):
+                pairs = batched(images, phrases)
+                return [(maps, raw if presence else None) for maps, raw in pairs]
+            if presence:
+                return [self.model.grounding_maps_and_presence(image, texts) for image, texts in zip(images, phrases)]
+            return [(self.model.grounding_maps(image, texts), None) for image, texts in zip(images, phrases)]
+
+    def locate(self, image: Any, phrases: Sequence[str], threshold: float | None = None,
+               boxes: str | None = None) -> list[Grounding]:
+        """Ground each phrase in ``image`` (a path, a PIL image or a uint8 ``[H, W(, 3)]`` array); ``boxes``
+        ``"instance"`` or ``"threshold"`` (default: :attr:`default_boxes`, see :meth:`box_rule`)."""
         array, _ = as_image_array(image, self.channels)
-        return self.locate_array(array, phrases, threshold)
+        return self.locate_array(array, phrases, threshold, boxes)
 
     def require_joint_space(self) -> None:
         """One-line :class:`InputError` unless the method embeds images and texts in one space (retrieval)."""

@@ -61,6 +61,9 @@ class Grounder(nn.Module):
     # False: a fixed method (a baseline, or `bridge` on pretrained parts as they are), built without a checkpoint.
     trainable: ClassVar[bool] = True
     has_joint_space: ClassVar[bool] = False  # True exactly for JointSpaceGrounder subclasses
+    # The boxes `locate` and the server draw when none are asked for: "threshold" (regions at the box threshold)
+    # or "instance" (one per object, grown from each peak; weakground.metrics.instances).
+    default_boxes: ClassVar[str] = "threshold"
     # The training task a method needs whatever data feeds it (None: the dataset's own task decides)
     task: ClassVar[str | None] = None
     # Attributes holding frozen pretrained modules (loaded from their packages on construction): checkpoints

@@ -140,6 +140,9 @@ class HealthResponse(BaseModel):
                                   "mean batch size)")
     captioner: str | None = Field(None, description="the captioner behind POST /api/caption (null: none; start "
                                   "the server with --caption-checkpoint)")
+    default_boxes: Literal["instance", "threshold"] = Field(description="the boxes /api/locate gives when none "
+                                                            "are asked for")
+    presence: bool = Field(description="True: answers carry a calibrated presence and a found verdict")
 
 
 class MethodInfo(BaseModel):
@@ -169,8 +172,14 @@ class PhraseResult(BaseModel):
     point: tuple[int, int] = Field(description="(x, y): the pixel of the heatmap's peak, 0-based")
     peak: float = Field(description="the heatmap's maximum (method-specific scale; bridge maps peak at 1)")
     boxes: list[tuple[float, float, float, float]] = Field(
-        description="regions at or above threshold x peak, xyxy in pixel edges (x2, y2 exclusive), best first")
+        description="xyxy in pixel edges (x2, y2 exclusive), best first: one per object grown from each peak "
+                    "(instance boxes), or the regions at or above threshold x peak")
     box_scores: list[float]
+    presence: float | None = Field(description="calibrated probability that the phrase is in the photo (null: "
+                                   "the method has no calibration)")
+    found: bool | None = Field(description="presence >= 0.5 (false: \"not found\"; the point, boxes and "
+                               "heatmap are still given, for a look); always false for a flat map; null: "
+                               "no calibration")
     heatmap_png: str | None = Field(None, description="base64 PNG: the map divided by its peak, jet colours, "
                                     "long side <= 640 px; draw it stretched over the image at ~45% opacity")
     overlay_png: str | None = Field(None, description="base64 PNG: image + heatmap + boxes + point (with "
@@ -179,7 +188,9 @@ class PhraseResult(BaseModel):
 
 class LocateResponse(BaseModel):
     method: str
-    threshold: float = Field(description="box threshold used, as a fraction of each map's peak")
+    boxes: Literal["instance", "threshold"] = Field(description="the kind of boxes given")
+    threshold: float | None = Field(description="box threshold used, as a fraction of each map's peak "
+                                    "(null for instance boxes)")
     image: ImageInfo
     results: list[PhraseResult]
     image_png: str | None = Field(None, description="base64 PNG of the image as the model read it (with "
@@ -415,28 +426,29 @@ def _decode(loaded: LoadedModel, data: bytes, name: str, channels: int, settings
 
 
 def _batch_maps(predictor: Any, images: list[Any], phrases: list[list[str]]) -> list[Any]:
-    """The batch worker's call: decoded uint8 working copies -> their maps. The float tensors are made here,
-    in the batch, so a queued request holds only its uint8 copy (a quarter of the float one's memory)."""
+    """The batch worker's call: decoded uint8 working copies -> per request (maps, raw presence or None). The
+    float tensors are made here, in the batch, so a queued request holds only its uint8 copy (a quarter of the
+    float one's memory)."""
     from weakground.io import image_to_tensor
 
-    return predictor.heatmaps_many([image_to_tensor(image) for image in images], phrases)
+    return predictor.maps_and_presence_many([image_to_tensor(image) for image in images], phrases)
 
 
-def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], threshold: float | None,
+def _locate(loaded: LoadedModel, data: bytes, name: str, phrases: list[str], rule: Any,
             want: dict[str, bool], settings: ServeSettings, job: _Job) -> dict:
     from weakground.serve import render
 
     start = time.perf_counter()
     predictor = loaded.predictor
-    threshold = predictor.checked_threshold(threshold)
     image, frame = _decode(loaded, data, name, predictor.channels, settings, job)
-    maps = loaded.batcher.maps(image, phrases, job.deadline, job.abandoned)
+    maps, raw = loaded.batcher.maps(image, phrases, job.deadline, job.abandoned)
     job.check()
-    found = predictor.ground(image, maps[0], phrases, threshold)
+    found = predictor.ground(image, maps[0], phrases, rule, None if raw is None else raw[0].tolist())
     scale = _frame_scale(image.shape, frame)
     results = [_to_frame(_result(image, g, want, job), scale, frame) for g in found]
     job.check()
-    return {"method": loaded.name, "threshold": threshold,
+    return {"method": loaded.name, "boxes": rule.kind,
+            "threshold": rule.threshold if rule.kind == "threshold" else None,
             "image": {"name": name, "width": frame[0], "height": frame[1]}, "results": results,
             "image_png": render.image_png(image) if want["image_png"] else None,
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
@@ -513,6 +525,8 @@ def _add_info_routes(app: FastAPI, settings: ServeSettings, served: Callable[[],
         return HealthResponse(status="ok", method=loaded.name, version=__version__,
                               max_upload_bytes=settings.max_upload_bytes, timeout_s=settings.timeout_s,
                               max_phrases=settings.max_phrases, max_phrase_chars=MAX_PHRASE_CHARS,
+                              default_boxes=loaded.predictor.default_boxes,
+                              presence=loaded.predictor.calibration is not None,
                               max_queue=settings.max_queue, work_side=settings.work_side,
                               max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
                               batches=loaded.batcher.batches, batched_requests=loaded.batcher.batched_requests,
@@ -587,7 +601,11 @@ def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[]
         phrases: Annotated[list[str], Form(description="the phrases to ground: repeat the field once per "
                                            "phrase; any language the text encoder knows (e.g. \"café table\")")],
         threshold: Annotated[float | None, Form(ge=0.0, le=1.0, description="box threshold as a fraction of "
-                                                "each map's peak (default: the method's)")] = None,
+                                                "each map's peak (default: the method's); asks for threshold "
+                                                "boxes")] = None,
+        boxes: Annotated[Literal["instance", "threshold"] | None, Form(
+            description="`instance`: one box per object, grown from each peak; `threshold`: the regions at or "
+                        "above threshold x peak (default: the method's, see /api/health)")] = None,
         heatmap_png: Annotated[bool, Form(description="return each phrase's heatmap as PNG")] = True,
         overlay_png: Annotated[bool, Form(description="return each phrase's drawn overlay as PNG")] = False,
         image_png: Annotated[bool, Form(description="return the decoded image as PNG (what the model saw: "
@@ -595,10 +613,14 @@ def _add_locate_route(app: FastAPI, settings: ServeSettings, served: Callable[[]
     ) -> LocateResponse:
         loaded = served()
         phrases = check_phrases(phrases, settings.max_phrases)
+        try:
+            rule = loaded.predictor.box_rule(threshold, boxes)
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
         data, name = await _read_upload(image, settings)
         job = _Job(time.monotonic() + settings.timeout_s)
         want = {"heatmap_png": heatmap_png, "overlay_png": overlay_png, "image_png": image_png}
-        work = admission.submit(_locate, loaded, data, name, phrases, threshold, want, settings, job)
+        work = admission.submit(_locate, loaded, data, name, phrases, rule, want, settings, job)
         return LocateResponse(**await _answer(work, name, settings, job))
 
 

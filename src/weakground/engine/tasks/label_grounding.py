@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from weakground.config import EvalConfig, ExperimentConfig, TrainConfig
@@ -72,6 +73,45 @@ def choose_box_threshold(model: Any, config: ExperimentConfig, val_set: Any, dev
     return config
 
 
+@torch.no_grad()
+def presence_samples(model: Any, dataset: Any, batch_size: int, device: torch.device | str
+                     ) -> tuple[list[float], list[float]]:
+    """Every class's raw presence score on every image of ``dataset``, split by whether the digit is in it:
+    (present, absent). The scores come from ``grounding_maps_and_presence``, the very call ``locate`` makes."""
+    names, present, absent = list(model.class_names), [], []
+    model.eval()
+    for start in range(0, len(dataset), batch_size):
+        images = images_to_tensor(dataset.images[start:start + batch_size]).to(device)
+        _, raw = model.grounding_maps_and_presence(images, names)
+        for b, scores in enumerate(raw.float().cpu().tolist()):
+            labels = np.asarray(dataset.labels[start + b])
+            for c, score in enumerate(scores):
+                (present if c in labels else absent).append(score)
+    return present, absent
+
+
+def calibrate_presence(model: Any, config: ExperimentConfig, val_set: Any, device: torch.device,
+                       checkpoint: Path, report: dict[str, Any]) -> ExperimentConfig:
+    """Platt-fit the digits' presence (present vs absent classes on validation) and store it in the checkpoint,
+    so ``locate`` says "not found" for a digit the image does not hold."""
+    from weakground.metrics import auroc, fit_platt
+
+    present, absent = presence_samples(model, val_set, config.eval.batch_size, device)
+    if not present or not absent:
+        print("presence not calibrated: validation has no present and absent digits")
+        return config
+    calibration = fit_platt(present, absent)
+    config = dataclasses.replace(config, eval=dataclasses.replace(config.eval,
+                                                                  presence_calibration=calibration.to_list()))
+    store_config_in_checkpoint(model, config, checkpoint)
+    val_auroc = auroc(np.asarray(present), np.asarray(absent))
+    report["presence_calibration"] = {"chosen": calibration.to_list(), "criterion": "Platt fit on validation",
+                                      "val_auroc": val_auroc, "n_present": len(present), "n_absent": len(absent)}
+    print(f"presence calibrated on validation (AUROC {val_auroc:.3f} over {len(present)} present and "
+          f"{len(absent)} absent digits)")
+    return config
+
+
 @TASKS.register("label_grounding")
 class LabelGrounding(Task):
     name = "label_grounding"
@@ -119,7 +159,7 @@ class LabelGrounding(Task):
             report["threshold_selection"] = {"candidates": list(config.eval.threshold_candidates),
                                              "chosen": config.eval.box_threshold, "criterion": "validation map"}
             print(f"box threshold chosen on validation: {config.eval.box_threshold}")
-        return config
+        return calibrate_presence(model, config, data["val"], device, checkpoint, report)
 
     def test(self, model: Any, config: ExperimentConfig, data: dict[str, Any], device: torch.device, run_dir: Path,
              progress: bool, figure: bool, report: dict[str, Any]) -> None:

@@ -128,13 +128,25 @@ async function render(answer) {
     card.dataset.phrase = r.phrase;
     const title = document.createElement("h2");
     title.textContent = r.phrase;
+    if (r.found === false) {
+      // The map is still drawn, for a look, but the answer is "not here".
+      card.classList.add("not-found");
+      const badge = document.createElement("span");
+      badge.className = "verdict";
+      badge.textContent = "not found";
+      title.append(" ", badge);
+    }
+    card.dataset.found = String(r.found);
     card.appendChild(title);
     await drawResult(card, photo, answer, r);
     const facts = document.createElement("figcaption");
     facts.className = "facts";
     const boxes = r.boxes.length === 1 ? "1 box" : `${r.boxes.length} boxes`;
+    const presence = r.presence === null || r.presence === undefined ? "" :
+      ` · presence <span class="presence">${r.presence.toFixed(2)}</span>`;
     facts.innerHTML = `point <span class="point">(${r.point[0]}, ${r.point[1]})</span> · peak ` +
-      `<span class="peak">${r.peak.toFixed(3)}</span> · <span class="nboxes">${boxes}</span>`;
+      `<span class="peak">${r.peak.toFixed(3)}</span> · <span class="nboxes">${boxes}</span> ` +
+      `(${answer.boxes})${presence}`;
     card.appendChild(facts);
     results.appendChild(card);
   }
@@ -155,6 +167,8 @@ $("locate-form").addEventListener("submit", async (event) => {
   form.append("image_png", "true");
   const threshold = $("threshold").value;
   if (threshold !== "") form.append("threshold", threshold);
+  const boxKind = $("box-kind").value;
+  if (boxKind !== "") form.append("boxes", boxKind);  // instance + a threshold: the server explains the clash
   $("results").dataset.state = "busy";
   setBusy(true, "Locating…");
   const started = performance.now();
