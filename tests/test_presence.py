@@ -96,3 +96,14 @@ def test_an_uncalibrated_method_reports_no_presence():
 
     (g,) = load("center").locate(np.zeros((32, 32, 3), np.uint8), ["anything"])
     assert g.presence is None and g.found is None
+
+
+@pytest.mark.parametrize("fill", ["gray", "noise"])
+def test_an_image_with_no_object_finds_nothing(fill):
+    from weakground.engine.inference import load
+
+    rng = np.random.default_rng(0)
+    image = (np.full((240, 320, 3), 128, np.uint8) if fill == "gray"
+             else rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    found = load("bridge").locate(image, ["the cat", "a car", "a bus"])
+    assert [g.found for g in found] == [False, False, False], [g.presence for g in found]
