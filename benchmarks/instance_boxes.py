@@ -3,6 +3,7 @@ growing from each peak, :mod:`weakground.metrics.instances`), each rule's settin
 
     PYTHONPATH=src python benchmarks/instance_boxes.py --checkpoint RUN/checkpoints/train_best.safetensors
     PYTHONPATH=src python benchmarks/instance_boxes.py --method bridge        # on the demo photos, default rules
+    PYTHONPATH=src python benchmarks/instance_boxes.py --method bridge --split heldout   # on the held-out photos
 
 For each model: one pass over ``--val-images`` validation images scores every rule of the grid (threshold
 ``THRESHOLDS``; instance ``GROWS`` x ``MIN_PEAKS``); the best threshold rule and the best instance rule by
@@ -11,7 +12,8 @@ validation box accuracy (ties: the first in grid order) are then scored on the t
 phrase, over the queries the pointing game scores (the protocol of ``weakground eval``). The scenes are the
 checkpoint's own data (its config). A ``--method`` (``bridge``) is scored on the bundled demo photos, which have
 no validation split: there only the default rules (``threshold@0.5``, ``instance`` at grow 0.3, min_peak 0.5) are
-scored, once, and nothing is chosen (``--preset P`` scores it on P's scenes instead, with the grid).
+scored, once, and nothing is chosen (``--preset P`` scores it on P's scenes instead, with the grid);
+``--split heldout`` scores it on the held-out photos no default was chosen on (entry ``bridge (heldout)``).
 
 Writes (merges into) ``benchmarks/results/instance_boxes.json`` under each model's name, with command and machine.
 """
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from weakground.config import load_config
-from weakground.data.demo_photos import materialize_demo
+from weakground.data.demo_photos import SPLITS, materialize_demo, reader_split
 from weakground.data.sources import dataset_spec
 from weakground.engine.driver import machine_description
 from weakground.engine.inference import load
@@ -66,10 +68,15 @@ def measure(model, spec: str, val_images: int, test_images: int | None, progress
             "seconds": round(time.time() - t0, 1)}
 
 
-def measure_demo(model, progress: bool) -> dict:
-    spec = f"flickr30k_entities:{materialize_demo()}"
-    test = evaluate_phrase_grounding(model, spec, "test", box_rules=DEFAULT_BOX_RULES, progress=progress)
-    return {"dataset": "the bundled demo photos (no validation split: default rules, nothing chosen)",
+DEMO_DATASETS = {"tuning": "the bundled demo photos (no validation split: default rules, nothing chosen)",
+                 "heldout": "the held-out photos (default rules; no default was chosen on them)"}
+
+
+def measure_demo(model, progress: bool, split: str = "tuning") -> dict:
+    spec = f"flickr30k_entities:{materialize_demo(split=split)}"
+    test = evaluate_phrase_grounding(model, spec, reader_split(split), box_rules=DEFAULT_BOX_RULES,
+                                     progress=progress)
+    return {"split": split, "dataset": DEMO_DATASETS[split],
             "test_images": test["n_images"], "test_queries": test["n_evaluated"],
             "test_box_accuracy": test["box_accuracy"], "test_pointing_accuracy": test["pointing_accuracy"]}
 
@@ -80,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", default=[], help="a fixed method by name, e.g. bridge")
     parser.add_argument("--preset", default=None, help="score a --method on this preset's scenes (default: the "
                         "demo photos)")
+    parser.add_argument("--split", choices=list(SPLITS), default="tuning", help="a --method's bundled photos: "
+                        "tuning (the demo photos) or heldout")
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--no-progress", action="store_true")
@@ -93,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, source in sources:
         predictor = load(source)
         if predictor.config is None and args.preset is None:
-            config, entry = None, measure_demo(predictor.model, not args.no_progress)
+            config, entry = None, measure_demo(predictor.model, not args.no_progress, args.split)
         else:
             config = predictor.config or load_config(args.preset)
             spec = dataset_spec(config.data, not args.no_progress)
             entry = measure(predictor.model, spec, args.val_images, args.test_images, not args.no_progress)
         name = predictor.model.name if config is None else f"{predictor.model.name} ({config.name})"
+        if config is None and args.split != "tuning":
+            name += f" ({args.split})"  # the tuning entry keeps its old key
         data[name] = {**entry, "source": label, "command": command, "machine": machine_description()}
         acc = entry["test_box_accuracy"]
         print(f"{name}: test box accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)

@@ -1,14 +1,21 @@
-"""A small demo set of real photos in the Flickr30K Entities layout, from images that ship in installed packages.
+"""Small sets of real photos in the Flickr30K Entities layout, from images that ship in installed packages.
 
-The annotations (``weakground/data/demo/``: ``Sentences/``, ``Annotations/``, ``test.txt``) were written by hand
+The annotations (``weakground/data/demo/``: ``Sentences/``, ``Annotations/``, split lists) were written by hand
 for this project: captions, phrases and boxes drawn by looking at each photo. The photos themselves are not
-copied into the repository: ``sources.json`` names where each comes from, and :func:`materialize_demo` links
+copied into the repository: a sources file names where each comes from, and :func:`materialize_demo` links
 (or copies) them into a cache folder as ``Images/<id>.jpg`` beside the annotations, so the ordinary
-:func:`weakground.data.flickr30k_entities.read_flickr30k_entities` reads the set unchanged.
+:func:`weakground.data.flickr30k_entities.read_flickr30k_entities` reads the sets unchanged.
 
-Sources: ``skimage.data`` (astronaut, camera, chelsea, coffee, rocket, motorcycle_left), scikit-learn's
-``load_sample_images`` files (china, flower) and matplotlib's ``grace_hopper.jpg``. ``camera`` is grayscale on
-purpose: it exercises the grayscale path of the pipeline.
+Two named splits (:data:`SPLITS`):
+
+* ``tuning``: the 9 demo photos (``sources.json``, listed in ``test.txt``), which ``bridge``'s defaults were chosen
+  on and which ``locate --demo`` and the web app offer. Sources: ``skimage.data`` (astronaut, camera, chelsea,
+  coffee, rocket, motorcycle_left), scikit-learn's ``load_sample_images`` files (china, flower) and matplotlib's
+  ``grace_hopper.jpg``. ``camera`` is grayscale on purpose: it exercises the grayscale path of the pipeline.
+* ``heldout``: 9 other photos (``heldout_sources.json``, listed in ``heldout.txt``) that no default is chosen on,
+  for honest figures. Sources: Debian's ``labelme-examples`` (GPL-3+; PASCAL VOC 2011 and other example photos
+  under ``/usr/share/doc/labelme-examples/examples/``), mahotas' ``luispedro.jpg`` (MIT) and ``skimage.data``'s
+  ``clock_motion`` (grayscale, motion-blurred).
 """
 
 from __future__ import annotations
@@ -21,6 +28,11 @@ from weakground.data.types import ReadResult
 from weakground.errors import WeakgroundError
 
 DEMO_DIR = Path(__file__).parent / "demo"
+# split name -> (its list file, read as the Flickr30K Entities split of that stem; its sources file). The tuning
+# list keeps the name ``test.txt`` so roots materialised by earlier versions read the same.
+SPLITS = {"tuning": ("test.txt", "sources.json"), "heldout": ("heldout.txt", "heldout_sources.json")}
+# Debian's labelme-examples installs its example photos here (``apt-get install labelme-examples``).
+LABELME_EXAMPLES = Path("/usr/share/doc/labelme-examples/examples")
 
 
 def image_source_path(source: str) -> Path:
@@ -43,6 +55,15 @@ def image_source_path(source: str) -> Path:
             import matplotlib
 
             path = Path(matplotlib.get_data_path()) / "sample_data" / name
+        elif package == "mahotas":
+            import mahotas
+
+            path = Path(mahotas.__file__).parent / "demos" / "data" / name
+        elif package == "labelme-examples":  # a Debian package, not a Python one: a fixed install path
+            path = LABELME_EXAMPLES / name
+            if not path.is_file():
+                raise WeakgroundError(f"demo image {source!r}: {path} is missing (install the Debian package "
+                                      "labelme-examples: apt-get install labelme-examples)")
         else:
             raise WeakgroundError(f"demo image source {source!r}: unknown package {package!r}")
     except ImportError as exc:
@@ -50,6 +71,23 @@ def image_source_path(source: str) -> Path:
     if not path.is_file():
         raise WeakgroundError(f"demo image {source!r}: {path} is missing from the installed package")
     return path
+
+
+def split_sources(split: str = "tuning") -> dict[str, str]:
+    """``{image_id: "package:name"}`` of one split (:data:`SPLITS`), in file order.
+
+    Raises:
+        WeakgroundError: an unknown split name.
+    """
+    if split not in SPLITS:
+        raise WeakgroundError(f"unknown demo split {split!r}; known: {', '.join(SPLITS)}")
+    return json.loads((DEMO_DIR / SPLITS[split][1]).read_text(encoding="utf-8"))
+
+
+def reader_split(split: str = "tuning") -> str:
+    """The Flickr30K Entities split name (the list file's stem) a materialised root reads ``split`` as."""
+    split_sources(split)  # validates the name
+    return Path(SPLITS[split][0]).stem
 
 
 def demo_photo_names() -> list[str]:
@@ -69,16 +107,20 @@ def demo_photo_path(name: str) -> Path:
     return image_source_path(sources[name])
 
 
-def materialize_demo(root: str | Path | None = None) -> Path:
-    """Lay the demo set out as a Flickr30K Entities root and return it.
+def materialize_demo(root: str | Path | None = None, split: str = "tuning") -> Path:
+    """Lay a demo split out as a Flickr30K Entities root and return it.
 
     Args:
         root: folder to write (default: ``<cache>/demo_flickr30k``, see :func:`weakground.cache.cache_dir`).
+        split: ``"tuning"`` (the default, what ``read_demo()`` has always read) or ``"heldout"``. Only that
+            split's photos are linked, so the tuning set needs none of the held-out sources' packages.
 
     Returns:
         The root, holding ``Sentences/``, ``Annotations/``, ``Images/<id>.jpg`` (links to, or copies of, the
-        package files; a PNG under a ``.jpg`` name is fine, decoders sniff the format) and ``test.txt``.
+        package files; a PNG under a ``.jpg`` name is fine, decoders sniff the format) and the split's list
+        (``test.txt`` for tuning, ``heldout.txt``; read it with :func:`reader_split`).
     """
+    sources = split_sources(split)
     if root is None:
         from weakground.cache import cache_dir
 
@@ -86,10 +128,9 @@ def materialize_demo(root: str | Path | None = None) -> Path:
     root = Path(root)
     for sub in ("Sentences", "Annotations"):
         shutil.copytree(DEMO_DIR / sub, root / sub, dirs_exist_ok=True)
-    shutil.copyfile(DEMO_DIR / "test.txt", root / "test.txt")
+    shutil.copyfile(DEMO_DIR / SPLITS[split][0], root / SPLITS[split][0])
     images = root / "Images"
     images.mkdir(parents=True, exist_ok=True)
-    sources = json.loads((DEMO_DIR / "sources.json").read_text(encoding="utf-8"))
     for image_id, source in sources.items():
         src, dst = image_source_path(source), images / f"{image_id}.jpg"
         if dst.is_symlink() or dst.exists():
@@ -101,8 +142,8 @@ def materialize_demo(root: str | Path | None = None) -> Path:
     return root
 
 
-def read_demo(root: str | Path | None = None) -> ReadResult:
-    """Materialise the demo set (see :func:`materialize_demo`) and read its ``test`` split, strictly."""
+def read_demo(root: str | Path | None = None, split: str = "tuning") -> ReadResult:
+    """Materialise a demo split (see :func:`materialize_demo`; default the tuning set) and read it, strictly."""
     from weakground.data.flickr30k_entities import read_flickr30k_entities
 
-    return read_flickr30k_entities(materialize_demo(root), "test", strict=True)
+    return read_flickr30k_entities(materialize_demo(root, split), reader_split(split), strict=True)
