@@ -7,7 +7,8 @@ from skimage import data
 
 from weakground.errors import InputError
 from weakground.io import image_to_tensor
-from weakground.methods.bridge import reduce_phrase
+from weakground.methods.bridge import (COLOUR_GROUPS, COLOUR_PROTOTYPES, _side_ramp, _without_strongest,
+                                       colour_map, reduce_phrase)
 from weakground.metrics import resize_heatmap
 
 
@@ -28,6 +29,45 @@ def test_reduce_phrase(phrase, head, owner, kind):
 def test_reduce_phrase_drops_colours_for_the_class_match():
     assert reduce_phrase("an orange spacesuit").text == "spacesuit"
     assert reduce_phrase("a coffee cup").text == "coffee cup"  # compound nouns stay
+    assert reduce_phrase("a navy uniform").text == "uniform"  # every colour the colour prior reads is dropped
+    assert reduce_phrase("a second bus").text == "bus"
+
+
+def test_colour_map_assigns_plain_colours_to_their_group():
+    image = torch.zeros(3, 32, 64)
+    image[0, :, :32] = 0.8  # left half red, right half white
+    image[:, :, 32:] = 0.97
+    probs = colour_map(image, (8, 16), sigma=15.0)
+    assert probs.shape == (len(COLOUR_PROTOTYPES), 8, 16)
+    assert torch.allclose(probs.sum(0), torch.ones(8, 16), atol=1e-5)
+    red, white = COLOUR_GROUPS["red"][0], COLOUR_GROUPS["white"][0]
+    # Soft: pure red sits between the red and orange prototypes, pure near-white between white and light gray.
+    assert (probs[:, :, :6].argmax(0) == red).all() and probs[red, :, :6].min() > 0.6
+    assert (probs[:, :, 10:].argmax(0) == white).all() and probs[white, :, 10:].min() > 0.6
+    gray = colour_map(image[:1], (8, 16), sigma=15.0)  # one channel is read as gray
+    assert gray[red].max() < 0.1
+
+
+def test_side_ramp_and_other_instance():
+    ramp = _side_ramp([(1, -1)], (4, 10), 0.5)  # "left": the left column counts about double the right one
+    assert ramp[0, 0] > ramp[0, -1] and 1.8 < float(ramp[0, 0] / ramp[0, -1]) <= 2.0
+    heatmap = torch.zeros(6, 12)
+    heatmap[2:4, 1:3] = 1.0  # the strongest instance
+    heatmap[2:4, 8:10] = 0.6  # a second, weaker one
+    other = _without_strongest(heatmap, 0.5)
+    assert int(other.argmax()) % 12 >= 8 and float(other.max()) == 1.0
+    single = torch.zeros(6, 12)
+    single[2, 2] = 1.0
+    assert torch.equal(_without_strongest(single, 0.5), single)  # nothing else there: kept as it is
+
+
+def test_side_and_another_words_move_the_point(bridge_model):
+    bike = data.stereo_motorcycle()[0]  # 500 x 741: two wheels, the bike filling the width
+    maps = bridge_model.heatmaps(image_to_tensor(bike), ["a wheel", "the wheel on the left",
+                                                         "the wheel on the right", "another wheel"])[0]
+    xs = [_peak(hm, bike.shape[:2])[0] for hm in maps]
+    assert xs[1] < 741 / 2 < xs[2]
+    assert abs(xs[3] - xs[0]) > 741 / 4  # the other wheel, not the first one again
 
 
 def test_heatmaps_shape_range_on_a_real_photo(bridge_model):

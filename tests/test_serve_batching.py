@@ -26,8 +26,8 @@ from weakground.serve.batching import Abandoned, MicroBatcher  # noqa: E402
 MAP_TOLERANCE = 1e-4
 # (photo, phrases): three working sizes (chelsea and coffee share one), different phrase counts, a person
 # phrase and a head-part phrase (the face-detector path).
-REQUESTS = [("chelsea", ["the cat"]), ("coffee", ["a cup of coffee", "the spoon", "a saucer"]),
-            ("astronaut", ["the astronaut", "her face"]), ("chelsea", ["the cat's eyes", "a wall"]),
+REQUESTS = [("chelsea", ["the cat"]), ("coffee", ["a cup of coffee", "the spoon", "a white saucer"]),
+            ("astronaut", ["the astronaut", "her face"]), ("chelsea", ["the cat's eyes", "the wall on the left"]),
             ("rocket", ["the rocket"]), ("coffee", ["a table"])]
 
 
