@@ -139,6 +139,12 @@ class EvalConfig:
     # n > 1: every heatmap is the average over n x n copies of the image shifted by 1/n of the feature map's
     # stride (Grounder.shift_average, grounding_maps): costs n^2 forward passes, lets the peak fall between cells.
     shift_average: int = 1
+    # Phrase grounding: "phrase" asks each phrase text on its own; "sentence" reads each caption phrase inside its
+    # caption, as Akbari et al. evaluate on Flickr30K (methods whose text encoder reads whole captions only).
+    phrase_context: str = "phrase"
+    # Phrase-grounding Recall@K ranks by "embedding" (encode_image . encode_text, a first-stage approximation for
+    # most methods) or "score" (the method's trained score of every image with every caption; slower).
+    retrieval: str = "embedding"
 
 
 @dataclass
@@ -330,6 +336,8 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("eval", "ground_truth"): "ink",  # and multi-MNIST boxes were scored against the digits' ink boxes
     ("eval", "absent_detections"): "ignore",  # and their AP scored the present classes' boxes only
     ("eval", "presence_calibration"): [],  # and no presence was calibrated
+    ("eval", "phrase_context"): "phrase",  # and every phrase was encoded on its own
+    ("eval", "retrieval"): "embedding",  # and Recall@K ranked by the embeddings' dot product
     ("train", "init_from"): "",  # and every run started from backbone pretraining (or from scratch)
     ("train", "cache_features"): False,  # and frozen encoders ran at every training step
 }

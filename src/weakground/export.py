@@ -319,5 +319,8 @@ class OnnxGrounder:
         prepared = prepare(self.model, images.float().cpu())
         maps = torch.from_numpy(self.run(prepared.numpy(), phrase_inputs(self.model, phrases).numpy()))
         if self.model.name == "bridge":
+            # What bridge does after its class-activation maps, in the same order: the word priors (colour,
+            # side, another instance), then the face prior for head parts.
+            maps = self.model.phrase_priors(images.float().cpu(), phrases, maps)
             maps = _face_prior(self.model, images, phrases, maps)
         return maps

@@ -30,7 +30,7 @@ EXAMPLES = """examples:
   weakground eval --checkpoint runs/quickstart/checkpoints/train_best.safetensors --out report.json"""
 
 # Flags that only the phrase-grounding mode reads.
-PHRASE_ONLY = ("tolerance", "union", "min_area", "grid_argmax", "strict", "visualize")
+PHRASE_ONLY = ("tolerance", "union", "min_area", "grid_argmax", "strict", "visualize", "phrase_context", "retrieval")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +69,13 @@ def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
                    "ground-truth boxes) for the first --n-visualize queries into DIR")
     g.add_argument("--n-visualize", type=int, default=16, metavar="N", help="queries drawn by --visualize "
                    "(default 16)")
+    g.add_argument("--phrase-context", choices=("phrase", "sentence"), help="phrase: encode each phrase on its own; "
+                   "sentence: read each caption phrase inside its caption, as Akbari et al. evaluate on Flickr30K "
+                   "(multilevel, matchmap; default: the checkpoint's eval.phrase_context, else phrase)")
+    g.add_argument("--retrieval", choices=("embedding", "score"), help="Recall@K ranked by the encode_image . "
+                   "encode_text dot product (embedding) or by the method's trained score of every image with every "
+                   "caption (score; the embedding's figures then come alongside; default: the checkpoint's "
+                   "eval.retrieval, else embedding)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,9 +178,13 @@ def _eval_phrases(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.method not in (None, predictor.name):
         raise WeakgroundError(f"{args.checkpoint}: checkpoint holds method {predictor.name!r}, not "
                               f"--method {args.method!r}")
+    saved = predictor.config.eval if predictor.config is not None else None
+    context = args.phrase_context or (saved.phrase_context if saved is not None else "phrase")
+    retrieval = args.retrieval or (saved.retrieval if saved is not None else "embedding")
     report = evaluate_phrase_grounding(predictor.model, args.data, args.split, protocol, strict=args.strict,
                                        max_images=args.max_images, device=device, progress=not args.no_progress,
-                                       visualize_dir=args.visualize, n_visualize=args.n_visualize)
+                                       visualize_dir=args.visualize, n_visualize=args.n_visualize,
+                                       phrase_context=context, retrieval=retrieval)
     report.update({"checkpoint": None if args.checkpoint is None else str(args.checkpoint),
                    "machine": machine_description()})
     print(format_phrase_report(report))

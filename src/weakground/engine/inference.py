@@ -32,8 +32,10 @@ from weakground.metrics.instances import BoxRule
 from weakground.registry import METHODS
 
 # How a checkpoint reads images, as opposed to what it learned: the only settings eval/locate --set may change.
-CHECKPOINT_POLICY = OverridePolicy(("data.eval_resize", "eval.shift_average"),
-                                   "a checkpoint's settings are fixed except data.eval_resize, eval.shift_average")
+# The evaluation protocols (how phrases are read, what ranks retrieval) are not learned either.
+CHECKPOINT_POLICY = OverridePolicy(("data.eval_resize", "eval.shift_average", "eval.phrase_context", "eval.retrieval"),
+                                   "a checkpoint's settings are fixed except data.eval_resize, eval.shift_average, "
+                                   "eval.phrase_context, eval.retrieval")
 
 
 def method_policy(name: str) -> OverridePolicy:

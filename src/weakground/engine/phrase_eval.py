@@ -15,7 +15,11 @@
   queries; presence AUROC (the method's :meth:`~weakground.methods.Grounder.presence_scores` of each image's own
   phrases against as many of other images' phrases whose head noun none of its phrases has); the centre
   and random baselines over the same queries and protocol; a per-type breakdown; and, for methods with a joint
-  image-text space (``has_joint_space``), Recall@K in both directions over the split's captions.
+  image-text space (``has_joint_space``), Recall@K in both directions over the split's captions, ranked by the
+  ``encode_image``/``encode_text`` dot product (``retrieval="embedding"``) or by the method's trained ``scores`` of
+  every image with every caption (``"score"``; :class:`~weakground.engine.retrieval.TrainedScorer`).
+* Phrase context: ``"phrase"`` asks each phrase text on its own; ``"sentence"`` reads each caption phrase inside its
+  caption (Akbari et al.'s Flickr30K protocol, :mod:`weakground.methods.phrase_context`).
 * Bad input: the reader skips and counts what it cannot use (``file:line``); images that cannot be decoded,
   whose size differs from the annotation, or that the method rejects are skipped and counted here with their
   file names. ``strict=True`` turns the first such problem into a one-line :class:`WeakgroundError`.
@@ -177,20 +181,20 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
                               device: torch.device | str = "cpu", progress: bool = False,
                               visualize_dir: Path | None = None, n_visualize: int = 16,
                               phrase_batch: int = 64, box_rules: Sequence[BoxRule] = DEFAULT_BOX_RULES,
-                              presence_scores: bool = False) -> dict[str, Any]:
+                              presence_scores: bool = False, phrase_context: str = "phrase",
+                              retrieval: str = "embedding") -> dict[str, Any]:
     """Score ``model``'s phrase heatmaps on one split of a dataset (see the module docstring).
 
     Args:
-        model: any Grounder; only ``grounding_maps`` is called (plus ``encode_image``/``encode_text`` when
-            ``model.has_joint_space``).
+        model: any Grounder: its ``grounding_maps`` (``grounding_maps_in_context`` in sentence context), and with
+            a joint space ``encode_image``/``encode_text`` (and its trained score with retrieval ``"score"``).
         spec: ``FORMAT:PATH``, e.g. ``"flickr30k_entities:/data/flickr30k"``.
         split: the split to read (``"test"``, ``"val"``, ``"test_unseen"``, a COCO ``"val2014"``, ``"all"``).
         protocol: pointing-game settings; defaults to ``PointingProtocol()`` (0 px, any box, no min area,
             argmax on the resized map).
         strict: the first reader or image problem (not by design) raises instead of being skipped.
         max_images: score only the first N records of the split.
-        device: where images and the model run.
-        progress: show a tqdm bar over images (on stderr).
+        device: where images and the model run. progress: show a tqdm bar over images (on stderr).
         visualize_dir: write one overlay PNG (map, predicted point, ground-truth boxes) per query here, for the
             first ``n_visualize`` queries.
         n_visualize: how many queries to draw.
@@ -198,6 +202,9 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
         box_rules: the rules whose top box is scored for ``box_accuracy`` (keyed by :attr:`BoxRule.name`).
         presence_scores: also return the raw presence scores (``presence.present_scores``/``absent_scores``),
             e.g. to fit a :class:`~weakground.metrics.PresenceCalibration` on a validation split.
+        phrase_context: ``"phrase"`` (each phrase on its own) or ``"sentence"`` (inside its caption; see above).
+        retrieval: ``recall`` ranked by the ``"embedding"`` dot product, or by the trained ``"score"`` (then with
+            the embedding's figures alongside as ``recall_embedding``).
 
     Returns:
         ``{"pointing_accuracy", "n_queries", "n_evaluated", "n_hits", "n_images", "protocol", "baselines":
@@ -213,24 +220,28 @@ def evaluate_phrase_grounding(model: Grounder, spec: str, split: str = "test", p
 
     protocol = protocol or PointingProtocol()
     fmt, _ = parse_spec(spec)
-    channels = _check_arguments(model, max_images, n_visualize)
+    channels = _check_arguments(model, max_images, n_visualize, phrase_context, retrieval)
     t0 = time.time()
     result = read_dataset(spec, split=split, strict=strict)
     records = result.records[:max_images] if max_images is not None else result.records
     run = _Evaluation(model.to(device).eval(), protocol, channels, device, strict, phrase_batch, visualize_dir,
-                      n_visualize, tuple(box_rules), _phrase_pool(records))
+                      n_visualize, tuple(box_rules), _phrase_pool(records), phrase_context=phrase_context)
+    if retrieval == "score" and run.joint:
+        run.start_scoring(records)
     for record in tqdm(records, disable=not progress, desc="evaluate phrases", unit="image", leave=False):
         run.add(record)
-    report = run.report({"dataset": spec, "format": fmt, "split": split, "max_images": max_images},
-                        result.problems)
+    source = {"dataset": spec, "format": fmt, "split": split, "max_images": max_images}
+    report = run.report({**source, "phrase_context": phrase_context, "retrieval": retrieval}, result.problems)
     report["seconds"] = round(time.time() - t0, 2)
     if presence_scores:
         report["presence"].update(present_scores=run.presence_present, absent_scores=run.presence_absent)
     return _nan_to_none(report)
 
 
-def _check_arguments(model: Grounder, max_images: int | None, n_visualize: int) -> int:
+def _check_arguments(model: Grounder, max_images: int | None, n_visualize: int, phrase_context: str = "phrase",
+                     retrieval: str = "embedding") -> int:
     """The channels ``model`` reads images with, after checking the arguments that no data is needed for."""
+    _check_options(model, phrase_context, retrieval)
     if max_images is not None and max_images < 1:
         raise WeakgroundError(f"max_images must be >= 1, got {max_images}")
     if n_visualize < 0:
@@ -239,6 +250,20 @@ def _check_arguments(model: Grounder, max_images: int | None, n_visualize: int) 
     if channels not in (1, 3):
         raise WeakgroundError(f"method {model.name!r} reads {channels}-channel images; image files give 1 or 3")
     return channels
+
+
+PHRASE_CONTEXTS = ("phrase", "sentence")
+RETRIEVAL_SCORES = ("embedding", "score")
+
+
+def _check_options(model: Grounder, phrase_context: str, retrieval: str) -> None:
+    if phrase_context not in PHRASE_CONTEXTS:
+        raise WeakgroundError(f"phrase_context must be one of {', '.join(PHRASE_CONTEXTS)}, got {phrase_context!r}")
+    if retrieval not in RETRIEVAL_SCORES:
+        raise WeakgroundError(f"retrieval must be one of {', '.join(RETRIEVAL_SCORES)}, got {retrieval!r}")
+    if phrase_context == "sentence" and not getattr(model, "reads_phrases_in_context", False):
+        raise WeakgroundError(f"method {model.name!r} encodes phrases only on their own: phrase context 'sentence' "
+                              "needs a method that reads them inside their caption (multilevel, matchmap)")
 
 
 def _mean(values: list[Any]) -> float:
@@ -272,14 +297,30 @@ class _Evaluation:
     captions: list[str] = field(default_factory=list)  # and their non-empty captions,
     caption_image: list[int] = field(default_factory=list)  # each with its image's index in image_emb
     drawn: list[str] = field(default_factory=list)
+    phrase_context: str = "phrase"
+    scorer: Any = None  # retrieval "score": a TrainedScorer over every caption of the split (start_scoring)
+    caption_record: list[int] = field(default_factory=list)  # the scorer's caption columns: each one's record
+    score_rows: list[Tensor] = field(default_factory=list)  # per scored image, its scores against every column
+    scored_records: list[int] = field(default_factory=list)  # the record index of each scored image
+    n_seen: int = 0  # records given to add() so far
 
     @property
     def joint(self) -> bool:
         return bool(getattr(self.model, "has_joint_space", False))
 
+    def start_scoring(self, records: list[ImageRecord]) -> None:
+        """Retrieval from the trained score: encode every non-empty caption of ``records`` once, before any image
+        (columns of images that are then skipped are dropped in the report)."""
+        from weakground.engine.retrieval import TrainedScorer
+
+        columns = [(k, c.text) for k, r in enumerate(records) for c in r.captions if c.text.strip()]
+        self.caption_record = [k for k, _ in columns]
+        self.scorer = TrainedScorer(self.model, [t for _, t in columns])
+
     def add(self, record: ImageRecord) -> None:
         """Score one record's queries (and keep its embeddings for retrieval), or count why it was skipped."""
         phrases = _queries(record)
+        self.n_seen += 1
         if not phrases and not self.joint:
             self.n_without_queries += 1
             return
@@ -291,6 +332,9 @@ class _Evaluation:
         self._point(record, image, phrases)
         self._presence(image, phrases)
         if self.joint:
+            if self.scorer is not None:
+                self.score_rows.append(self.scorer.rows(image)[0])
+                self.scored_records.append(self.n_seen - 1)
             self.image_emb.append(self.model.encode_image(image)[0])
             for caption in record.captions:
                 if caption.text.strip():
@@ -315,17 +359,17 @@ class _Evaluation:
     def _point(self, record: ImageRecord, image: Tensor, phrases: list[Phrase]) -> None:
         """The pointing game and attention correctness on one image's queries; overlays while any are left."""
         size = (record.height, record.width)
-        maps = _phrase_maps(self.model, image, phrases, self.phrase_batch, record)
+        maps = _query_maps(self.model, image, record, self.phrase_batch, self.phrase_context)  # aligned with phrases
         image_queries = [_Query(p.text, torch.tensor([b.as_list() for b in p.boxes], dtype=torch.float64)
                                 .reshape(-1, 4), size, list(p.phrase_types) or [UNTYPED]) for p in phrases]
-        image_hits = pointing_game([maps[q.text] for q in image_queries], [q.boxes for q in image_queries],
+        image_hits = pointing_game(maps, [q.boxes for q in image_queries],
                                    [size] * len(image_queries), self.protocol)["hits"]
-        for q, hit in zip(image_queries, image_hits):
+        for q, heatmap, hit in zip(image_queries, maps, image_hits):
             # Attention correctness and box accuracy are averaged over exactly the queries the pointing game scores.
-            self.correctness.append(None if hit is None else attention_correctness(maps[q.text], q.boxes, size))
-            self.top_boxes.append(None if hit is None else self._top_boxes(maps[q.text], size))
+            self.correctness.append(None if hit is None else attention_correctness(heatmap, q.boxes, size))
+            self.top_boxes.append(None if hit is None else self._top_boxes(heatmap, size))
             if self.visualize_dir is not None and len(self.drawn) < self.n_visualize:
-                self.drawn.append(str(_draw(image, maps[q.text], q, hit, self.protocol, Path(self.visualize_dir),
+                self.drawn.append(str(_draw(image, heatmap, q, hit, self.protocol, Path(self.visualize_dir),
                                             len(self.drawn), record.image_id)))
         self.queries += image_queries
         self.hits += image_hits
@@ -392,9 +436,25 @@ class _Evaluation:
         }
         if self.joint:
             report["recall"] = _recall(self.model, self.image_emb, self.captions, self.caption_image)
+            if self.scorer is not None:
+                report["recall_embedding"] = report["recall"]
+                report["recall"] = self._recall_from_scores()
         if self.visualize_dir is not None:
             report["visualizations"] = self.drawn
         return report
+
+    def _recall_from_scores(self) -> dict[str, Any]:
+        """Recall@K from the trained score rows, over the captions of the scored images (the embedding recall's
+        captions, in the same order)."""
+        from weakground.metrics.retrieval import retrieval_report_from_scores
+
+        position = {k: i for i, k in enumerate(self.scored_records)}
+        keep = [j for j, k in enumerate(self.caption_record) if k in position]
+        if not self.score_rows or not keep:
+            return _recall(self.model, [], [], [])
+        scores = torch.stack(self.score_rows)[:, keep]
+        text_to_image = torch.tensor([position[self.caption_record[j]] for j in keep])
+        return retrieval_report_from_scores(scores, text_to_image)
 
     def _by_type(self) -> dict[str, dict[str, Any]]:
         types = [q.types for q in self.queries]
@@ -420,14 +480,44 @@ def _phrase_maps(model: Grounder, image: Tensor, phrases: list[Phrase], phrase_b
     maps: dict[str, Tensor] = {}
     for start in range(0, len(texts), phrase_batch):
         chunk = texts[start:start + phrase_batch]
-        out = model.grounding_maps(image, chunk)
-        if out.ndim != 4 or out.shape[:2] != (1, len(chunk)):
-            raise RuntimeError(f"method {model.name!r} returned heatmaps of shape {tuple(out.shape)} for 1 image and "
-                               f"{len(chunk)} phrases; expected [1, {len(chunk)}, h, w]")
-        if not bool(torch.isfinite(out).all()):
-            raise WeakgroundError(f"{record.path}: method {model.name!r} returned NaN or infinite heatmaps")
-        maps.update(zip(chunk, out[0]))
+        maps.update(zip(chunk, _checked(model.grounding_maps(image, chunk), len(chunk), model, record)))
     return maps
+
+
+def _query_maps(model: Grounder, image: Tensor, record: ImageRecord, phrase_batch: int,
+                phrase_context: str) -> list[Tensor]:
+    """One ``[h, w]`` map per query of ``record`` (:func:`_queries` order). ``"phrase"``: by text, each distinct
+    text asked once. ``"sentence"``: each caption phrase read inside its caption (one ``grounding_maps_in_context``
+    call per ``phrase_batch`` phrases, all the image's captions encoded together); labelled objects and phrases
+    that are no span of their caption are asked by text, as they have no sentence."""
+    phrases = _queries(record)
+    if phrase_context == "phrase":
+        by_text = _phrase_maps(model, image, phrases, phrase_batch, record)
+        return [by_text[p.text] for p in phrases]
+    sentences = [c.text for c in record.captions]
+    slots = [(i, p) for i, c in enumerate(record.captions) for p in c.phrases]  # caption phrases, in _queries order
+    spans = [(i, p.first_word_index, p.first_word_index + len(p.text.split())) for i, p in slots
+             if p.first_word_index is not None and p.text.split()]
+    in_context: list[Tensor] = []
+    for start in range(0, len(spans), phrase_batch):
+        chunk = spans[start:start + phrase_batch]
+        in_context += list(_checked(model.grounding_maps_in_context(image, sentences, chunk), len(chunk), model,
+                                    record))
+    alone = [p for _, p in slots if p.first_word_index is None or not p.text.split()] + list(record.objects)
+    by_text = _phrase_maps(model, image, alone, phrase_batch, record) if alone else {}
+    context_maps = iter(in_context)
+    return [next(context_maps) if p.first_word_index is not None and p.text.split() else by_text[p.text]
+            for _, p in slots] + [by_text[p.text] for p in record.objects]
+
+
+def _checked(out: Tensor, n: int, model: Grounder, record: ImageRecord) -> Tensor:
+    """``out[0]``, the ``[n, h, w]`` maps of one image, after checking the shape and that every value is finite."""
+    if out.ndim != 4 or out.shape[:2] != (1, n):
+        raise RuntimeError(f"method {model.name!r} returned heatmaps of shape {tuple(out.shape)} for 1 image and "
+                           f"{n} phrases; expected [1, {n}, h, w]")
+    if not bool(torch.isfinite(out).all()):
+        raise WeakgroundError(f"{record.path}: method {model.name!r} returned NaN or infinite heatmaps")
+    return out[0]
 
 
 def _recall(model: Grounder, image_emb: list[Tensor], captions: list[str],
@@ -490,11 +580,11 @@ def format_phrase_report(report: dict[str, Any], max_types: int = 12) -> str:
             ("images", str(report["n_images"])),
             ("images skipped", str(skipped["images"]["count"])),
             ("reader problems", f"{skipped['reader']['count']} (+{skipped['reader']['by_design']} by design)")]
-    if "recall" in report:
-        for direction in ("text_to_image", "image_to_text"):
-            r = report["recall"][direction]
+    for key, label in (("recall", ""), ("recall_embedding", " (embedding)")):
+        for direction in ("text_to_image", "image_to_text") if key in report else ():
+            r = report[key][direction]
             medr = "n/a" if r["median_rank"] is None else f"{r['median_rank']:g}"
-            rows.append((f"{direction} R@1/5/10, medr",
+            rows.append((f"{direction} R@1/5/10, medr{label}",
                          f"{_fmt(r['R@1'])} / {_fmt(r['R@5'])} / {_fmt(r['R@10'])}, {medr}"))
     types = list(report["by_type"].items())
     if 1 < len(types) <= max_types:

@@ -440,7 +440,7 @@ class Bridge(Grounder):
         size = (4 * maps[-1].shape[-2], 4 * maps[-1].shape[-1])
         cam = torch.stack([F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]).mean(0)
         cam = _normalise(cam)
-        cam = self._phrase_priors(images, phrases, cam)
+        cam = self.phrase_priors(images, phrases, cam)
         head_phrases = [(i, reduce_phrase(p)) for i, p in enumerate(phrases)]
         head_phrases = [(i, r) for i, r in head_phrases if r.kind in ("person_head", "head_wear")]
         if head_phrases and self.config.face_detector:
@@ -452,7 +452,7 @@ class Bridge(Grounder):
                     cam[b, i] = _face_prior(face, HEAD_OFFSETS[r.head], size).to(cam)
         return cam
 
-    def _phrase_priors(self, images: Tensor, phrases: list[str], cam: Tensor) -> Tensor:
+    def phrase_priors(self, images: Tensor, phrases: list[str], cam: Tensor) -> Tensor:
         """The map changes that words the class match cannot read ask for: colours, sides, another instance
         (each off at weight 0; see :class:`BridgeConfig`)."""
         if self.config.colour_weight:

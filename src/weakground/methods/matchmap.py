@@ -31,6 +31,7 @@ from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check
 from weakground.methods.caption_parts import (FrozenEvalMixin, FrozenFeatureSpec, ImageRegions, batch_image_maps,
                                               batch_text_units, frozen_attributes, frozen_image_identity,
                                               trainable_groups, unit_lengths)
+from weakground.methods.phrase_context import InContextMixin, Span, words_in_context
 from weakground.registry import METHODS, TEXT_ENCODERS
 from weakground.text.encoders import TextEncoderOptions
 from weakground.text.words import WordEmbeddings, encode_words
@@ -138,7 +139,7 @@ class MatchmapConfig:
 
 
 @METHODS.register("matchmap")
-class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
+class Matchmap(FrozenEvalMixin, InContextMixin, JointSpaceGrounder):
     """The matchmap paper's matchmap grounder (see the module docstring). ``class_names`` is unused (captions only)."""
 
     name = "matchmap"
@@ -203,13 +204,39 @@ class Matchmap(FrozenEvalMixin, JointSpaceGrounder):
         maps = phrase_heatmaps(matchmap(regions, words), mask, self.config.heatmap_words)
         return maps.view(images.shape[0], len(phrases), h, w)
 
+    def heatmaps_in_context(self, images: Tensor, sentences: list[str], spans: list[Span],
+                            inference: InferenceSettings | None = None) -> Tensor:
+        """``[B, P, h, w]``: phrases read inside their captions (each caption encoded whole by MiniLM; a phrase's map
+        combines its own words' similarity maps as :meth:`heatmaps` does). ``spans``: see
+        :mod:`weakground.methods.phrase_context`."""
+        images = self.prepare_images(images, inference)
+        regions, (h, w) = self.regions(images)
+        if not spans:
+            return regions.new_zeros(images.shape[0], 0, h, w)
+        words, mask = words_in_context(self.words, self.text_encoder.tokenizer, sentences, spans)
+        maps = phrase_heatmaps(matchmap(regions, words), mask, self.config.heatmap_words)
+        return maps.view(images.shape[0], len(spans), h, w)
+
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
-        """The exact matchmap score ``[B, T]`` (:func:`matchmap_score` with ``score_pooling``)."""
-        images = self.prepare_images(images)
-        regions, _ = self.regions(images)
+        """The exact matchmap score ``[B, T]`` (:func:`matchmap_score` with ``score_pooling``):
+        :meth:`score_features` of :meth:`score_image_features` and :meth:`score_text_features`."""
+        regions = self.score_image_features(images)
         if not texts:
             return regions.new_zeros(images.shape[0], 0)
-        words, mask = self.words(texts)
+        return self.score_features(regions, self.score_text_features(texts))
+
+    # -- the exact score in parts: retrieval encodes each image and each caption once (engine/retrieval.py) -------
+    def score_image_features(self, images: Tensor) -> Tensor:
+        """What :meth:`scores` reads of the images: region embeddings ``[B, N, D]``."""
+        return self.regions(self.prepare_images(images))[0]
+
+    def score_text_features(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """What :meth:`scores` reads of the texts: ``(words [T, L, D], mask [T, L])``."""
+        return self.words(list(texts))
+
+    def score_features(self, regions: Tensor, text: tuple[Tensor, Tensor]) -> Tensor:
+        """``[B, T]`` scores from :meth:`score_image_features` and :meth:`score_text_features`."""
+        words, mask = text
         return matchmap_score(matchmap(regions, words), mask, self.config.score_pooling)
 
     def encode_image(self, images: Tensor) -> Tensor:

@@ -155,6 +155,22 @@ class MCBCaptionAttention(FrozenEvalMixin, MCBAttention, JointSpaceGrounder):
             return images.new_zeros(images.shape[0], 0)
         return self._scores_and_attention(images, texts)[0]
 
+    # -- the exact score in parts: retrieval encodes each image and each caption once (engine/retrieval.py) -------
+    def score_image_features(self, images: Tensor) -> Tensor:
+        """What :meth:`scores` reads of the images: the encoder's features ``[B, C, h, w]``."""
+        return self.backbone(self.prepare_images(images))
+
+    def score_text_features(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """What :meth:`scores` reads of the texts: their query units and mask (:meth:`_text_units`)."""
+        return self._text_units(list(texts))
+
+    def score_features(self, features: Tensor, text: tuple[Tensor, Tensor]) -> Tensor:
+        """``[B, T]`` scores from :meth:`score_image_features` and :meth:`score_text_features` (the same
+        attention, pairing and pooling as :meth:`scores`)."""
+        units, mask = text
+        attention = self.attend(features, F.relu(self.query_dense(units)))
+        return self._text_scores(self._pair_scores(features, attention, units), mask)
+
     def encode_image(self, images: Tensor) -> Tensor:
         """``[B, D]`` attention-free embedding: the projected mean feature (``f'`` with ``r = 1`` everywhere).
 

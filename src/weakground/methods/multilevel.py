@@ -39,6 +39,7 @@ from weakground.losses import batch_softmax_loss, log_sum_exp_pool
 from weakground.methods.base import InferenceSettings, JointSpaceGrounder, check_choice
 from weakground.methods.caption_parts import (FrozenEvalMixin, FrozenFeatureSpec, batch_image_maps, batch_text_units,
                                               frozen_attributes, frozen_image_identity, unit_lengths)
+from weakground.methods.phrase_context import InContextMixin, Span, words_in_context
 from weakground.registry import IMAGE_ENCODERS, METHODS, TEXT_ENCODERS
 from weakground.text.encoders import TextEncoderOptions
 
@@ -122,6 +123,29 @@ def multilevel_scores(visual: Tensor, words: Tensor, mask: Tensor, gamma: float,
     return MultilevelScores(score, pertinence, level, heat)
 
 
+def multilevel_score(visual: Tensor, words: Tensor, mask: Tensor, gamma: float, attention: str = "relu",
+                     softmax_scale: float = 10.0) -> Tensor:
+    """``[B, C]``: :func:`multilevel_scores`' score alone, the same Eqs. 1-5 (equal up to rounding).
+
+    Retrieval scores every image with every caption, 5 million pairs on the scenes' test split; here each image
+    and level costs two matrix products on the real words stacked ``[n, D]`` (``H = relu(S V^T)``, ``A = H V``),
+    without the padding, the ``[B, C, L, N, W]`` attention tensor or the permuted copies its einsums make.
+    """
+    flat = words[mask]  # [n real words, D]: padding would cost as much as words and is masked out anyway
+    pertinence = words.new_zeros(visual.shape[0], *mask.shape)
+    for b, image in enumerate(visual):  # [L, N, D]
+        best: Tensor | None = None
+        for level in image:  # [N, D]
+            cosine = flat @ level.T  # [n, N]
+            heat = F.relu(cosine) if attention == "relu" else torch.softmax(softmax_scale * cosine, dim=1)
+            attended = F.normalize(heat @ level, dim=-1)  # a_{t,l} (Eq. 2)
+            per_level = (attended * flat).sum(-1)  # R_{t,l} (Eq. 3)
+            best = per_level if best is None else torch.maximum(best, per_level)  # Eq. 4
+        if best is not None:  # (an encoder with no level gives no score to pool)
+            pertinence[b, mask] = best
+    return log_sum_exp_pool(pertinence, mask[None].expand_as(pertinence), gamma)  # Eq. 5
+
+
 def selected_maps(out: MultilevelScores) -> Tensor:
     """Each word's attention map at its selected level: ``[B, C, L, N, W] -> [B, C, N, W]``."""
     b, c, _, n, w = out.attention.shape
@@ -144,7 +168,7 @@ def mapping(in_dim: int, dim: int, layers: int, nonlinear: bool, slope: float) -
 
 
 @METHODS.register("multilevel")
-class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
+class Multilevel(FrozenEvalMixin, InContextMixin, JointSpaceGrounder):
     """Akbari et al.'s multi-level common space (see the module docstring)."""
 
     name = "multilevel"
@@ -320,13 +344,38 @@ class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
         visual = self.encode_levels(images)
         words, mask, sentence = self.encode_words(list(phrases))
         if self.config.heatmap == "sentence":
-            out, weights = self._match_sentences(visual, sentence), None
+            maps = selected_maps(self._match_sentences(visual, sentence))[..., 0]
         else:
-            out = self._match(visual, words, mask)
-            weights = self._word_weights(out.pertinence, mask)
-        maps = selected_maps(out)  # [B, P, N, W]
-        maps = maps[..., 0] if weights is None else (maps * weights[:, :, None, :]).sum(-1)
+            maps = self._word_maps(visual, words, mask)
         return maps.reshape(images.shape[0], len(phrases), *size).clamp_min(0)
+
+    def _word_maps(self, visual: Tensor, words: Tensor, mask: Tensor) -> Tensor:
+        """``[B, C, N]``: each text's word maps at their selected levels, weighted by :meth:`_word_weights`."""
+        out = self._match(visual, words, mask)
+        return (selected_maps(out) * self._word_weights(out.pertinence, mask)[:, :, None, :]).sum(-1)
+
+    @property
+    def reads_phrases_in_context(self) -> bool:  # type: ignore[override]
+        """Only MiniLM's word units map onto a caption's words (the BiLSTM ablation reads GloVe tokens)."""
+        return self.config.text_encoder == "minilm" and self.config.word_units == "words"
+
+    def heatmaps_in_context(self, images: Tensor, sentences: list[str], spans: list[Span],
+                            inference: InferenceSettings | None = None) -> Tensor:
+        """``[B, P, M, M']``: phrases read inside their captions, the paper's Flickr30K protocol (Sec. 4.3): each
+        caption is encoded whole, and a phrase's map is its own words' maps weighted by pertinence, as
+        ``heatmap: words`` combines them (whatever ``heatmap`` says: a phrase inside a caption has no sentence
+        vector of its own). ``spans``: see :mod:`weakground.methods.phrase_context`."""
+        if not self.reads_phrases_in_context:
+            raise ConfigError("multilevel reads phrases inside their caption with MiniLM word units only "
+                              "(text_encoder: minilm, word_units: words)")
+        images = self.prepare_images(images, inference)
+        size = self.grid_size(*images.shape[-2:])
+        if not spans:
+            return images.new_zeros((images.shape[0], 0) + size)
+        words, mask = words_in_context(lambda texts: self.encode_words(texts)[:2], self.text_encoder.tokenizer,
+                                       sentences, spans)
+        maps = self._word_maps(self.encode_levels(images), words, mask)
+        return maps.reshape(images.shape[0], len(spans), *size).clamp_min(0)
 
     def _word_weights(self, pertinence: Tensor, mask: Tensor) -> Tensor:
         """``[B, C, W]`` weights of the word maps (sum 1 over each text's real words)."""
@@ -352,22 +401,36 @@ class Multilevel(FrozenEvalMixin, JointSpaceGrounder):
         return self.encode_words(list(texts))[2]
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
-        """``[B, T]`` exact scores: R_s, R_w or ``R_w + R_s`` (``MultilevelConfig.score``)."""
-        images = self.prepare_images(images)
-        visual = self.encode_levels(images)
-        columns = []
-        for start in range(0, len(texts), self.config.text_chunk):
-            words, mask, sentence = self.encode_words(list(texts[start:start + self.config.text_chunk]))
-            kind = self.config.score
-            score = 0.0
-            if kind in ("words", "both"):
-                score = score + self._match(visual, words, mask).score
-            if kind in ("sentence", "both"):
-                score = score + self._match_sentences(visual, sentence).score
-            columns.append(score)
+        """``[B, T]`` exact scores: R_s, R_w or ``R_w + R_s`` (``MultilevelConfig.score``), ``text_chunk`` texts at
+        a time; :meth:`score_features` of :meth:`score_image_features` and :meth:`score_text_features`."""
+        visual = self.score_image_features(images)
+        columns = [self.score_features(visual, self.score_text_features(texts[start:start + self.config.text_chunk]))
+                   for start in range(0, len(texts), self.config.text_chunk)]
         if not columns:
-            return visual.new_zeros(images.shape[0], 0)
+            return visual.new_zeros(visual.shape[0], 0)
         return torch.cat(columns, dim=1)
+
+    # -- the exact score in parts: retrieval encodes each image and each caption once (engine/retrieval.py) -------
+    def score_image_features(self, images: Tensor) -> Tensor:
+        """What :meth:`scores` reads of the images: ``v [B, L, N, D]``."""
+        return self.encode_levels(self.prepare_images(images))
+
+    def score_text_features(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """What :meth:`scores` reads of the texts: ``(words [T, W, D], mask [T, W], sentence [T, D])``."""
+        return self.encode_words(list(texts))
+
+    def score_features(self, visual: Tensor, text: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``[B, T]`` scores from :meth:`score_image_features` and :meth:`score_text_features`."""
+        words, mask, sentence = text
+        kind, cfg = self.config.score, self.config
+        score: Tensor | float = 0.0
+        if kind in ("words", "both"):
+            score = score + multilevel_score(visual, words, mask, cfg.gamma_words, cfg.attention, cfg.softmax_scale)
+        if kind in ("sentence", "both"):
+            ones = torch.ones(sentence.shape[0], 1, dtype=torch.bool, device=sentence.device)
+            score = score + multilevel_score(visual, sentence[:, None], ones, cfg.gamma_words, cfg.attention,
+                                             cfg.softmax_scale)
+        return score  # a tensor: `score` is one of the three kinds (checked at construction)
 
     def param_groups(self, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
         """Mappings (and a from-scratch ResNet or BiLSTM) at ``lr``; a fine-tuned EfficientNet at

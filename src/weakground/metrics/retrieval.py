@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["retrieval_ranks", "recall_at_k", "retrieval_report"]
+__all__ = ["retrieval_ranks", "recall_at_k", "retrieval_report", "retrieval_report_from_scores"]
 
 
 def _chunk_ranks(scores: Tensor, positive: Tensor) -> Tensor:
@@ -160,18 +160,49 @@ def retrieval_report(
     img = image_emb.detach().to(dtype)
     txt = text_emb.detach().to(device=img.device, dtype=dtype)
 
+    return _both_directions(n_i, t2i, lambda rows: txt[rows] @ img.T, lambda rows: img[rows] @ txt.T, chunk_size)
+
+
+def retrieval_report_from_scores(
+    scores: Tensor, text_to_image: Tensor, chunk_size: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """:func:`retrieval_report` from a precomputed ``[Ni, Nt]`` image x text score matrix (a method's trained
+    score, which is not a dot product of embeddings): the same ranks, ties and metrics, read from its columns
+    (text -> image) and rows (image -> text).
+
+    Args:
+        scores: ``[Ni, Nt]``, higher is better (NaN not allowed).
+        text_to_image: ``[Nt]`` integer index of each caption's image, in ``[0, Ni)``.
+        chunk_size: query rows per chunk.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape [Ni, Nt], got {tuple(scores.shape)}")
+    n_i, n_t = scores.shape
+    t2i = text_to_image.detach().reshape(-1).long().to(scores.device)
+    if t2i.numel() != n_t:
+        raise ValueError(f"text_to_image has {t2i.numel()} entries for {n_t} texts")
+    if n_t and (int(t2i.min()) < 0 or int(t2i.max()) >= n_i):
+        raise ValueError(f"text_to_image entries must lie in [0, {n_i})")
+    s = scores.detach()
+    return _both_directions(n_i, t2i, lambda rows: s[:, rows].T, lambda rows: s[rows], chunk_size)
+
+
+def _both_directions(n_i: int, t2i: Tensor, text_rows: Callable[[Tensor | slice], Tensor],
+                     image_rows: Callable[[Tensor], Tensor], chunk_size: int) -> dict[str, dict[str, float]]:
+    """Both directions of :func:`retrieval_report`: ``text_rows(rows)`` gives those captions' scores against every
+    image, ``image_rows(indices)`` those images' scores against every caption."""
+    device = t2i.device
     t2i_ranks = _ranks_in_chunks(
-        n_t, chunk_size,
-        lambda rows: txt[rows] @ img.T,
-        lambda rows: torch.arange(n_i, device=img.device)[None, :] == t2i[rows, None],
+        t2i.numel(), chunk_size, text_rows,
+        lambda rows: torch.arange(n_i, device=device)[None, :] == t2i[rows, None],
     )
     with_caption = torch.unique(t2i)  # sorted image indices that have >= 1 caption
     i2t_ranks = _ranks_in_chunks(
         with_caption.numel(), chunk_size,
-        lambda rows: img[with_caption[rows]] @ txt.T,
+        lambda rows: image_rows(with_caption[rows]),
         lambda rows: t2i[None, :] == with_caption[rows, None],
     )
     return {
-        "text_to_image": {**recall_at_k(t2i_ranks), "n_queries": n_t},
+        "text_to_image": {**recall_at_k(t2i_ranks), "n_queries": int(t2i.numel())},
         "image_to_text": {**recall_at_k(i2t_ranks), "n_queries": int(with_caption.numel())},
     }
