@@ -125,11 +125,33 @@ def test_bad_images_and_config_errors(model):
         create_method("multilevel", RGB, [], {"dims": 3})
     for params, message in [({"attention": "sigmoid"}, "attention"), ({"levels": ["c9"]}, "levels"),
                             ({"levels": []}, "levels"), ({"levels": ["middle", "c4"]}, "levels"),
-                            ({"text_encoder": "elmo"}, "text_encoder"), ({"grid": -1}, "grid")]:
+                            ({"text_encoder": "elmo"}, "text_encoder"), ({"grid": -1}, "grid"),
+                            ({"presence": "peak"}, "presence")]:
         with pytest.raises(ConfigError, match=message):
             create_method("multilevel", RGB, [], params)
     with pytest.raises(ConfigError, match="in_channels"):
         create_method("multilevel", BackboneConfig(in_channels=1), [], {})
+
+
+@pytest.mark.parametrize("score,chunk", [("both", 64), ("both", 2), ("sentence", 3), ("words", 64)])
+def test_presence_weakest_word_adds_the_least_pertinent_word_to_the_trained_score(score, chunk):
+    trained = make(score=score, text_chunk=chunk).eval()
+    weakest = make(score=score, text_chunk=chunk, presence="score_weakest_word").eval()
+    images = tiny_batch(2)["images"]
+    with torch.no_grad():
+        assert torch.equal(trained.presence_scores(images, CAPTIONS), trained.scores(images, CAPTIONS))
+        got = weakest.presence_scores(images, CAPTIONS)
+        # The reference: the trained score, plus the smallest R_t of the full (einsum) computation over real words.
+        words, mask, _ = weakest.encode_words(CAPTIONS)
+        cfg = weakest.config
+        out = multilevel_scores(weakest.encode_levels(weakest.prepare_images(images)), words, mask,
+                                cfg.gamma_words, cfg.attention, cfg.softmax_scale)
+        smallest = torch.stack([torch.stack([out.pertinence[b, c][mask[c]].min() for c in range(len(CAPTIONS))])
+                                for b in range(2)])
+        want = weakest.scores(images, CAPTIONS) + smallest
+    assert got.shape == (2, len(CAPTIONS))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert weakest.presence_scores(images, []).shape == (2, 0)
 
 
 def test_joint_space_embeddings_and_exact_scores(model):
