@@ -24,7 +24,8 @@ TEXTS = ["a red circle", "two green stars above the cross", "the striped triangl
 
 
 SMALL = {"multilevel": {"dim": 16, "levels": ["c3", "c5"]}, "matchmap": {"dim": 16, "image_hidden": 8},
-         "mcb_attention": {"query": "caption", "mcb_dim": 64, "hidden": 8, "joint_dim": 16}}
+         "mcb_attention": {"query": "caption", "mcb_dim": 64, "hidden": 8, "joint_dim": 16},
+         "dsve_loc": {"embed_dim": 16, "text_hidden": 8, "text_layers": 1}}
 
 
 def make(name, **params):
@@ -51,7 +52,7 @@ def test_multilevel_score_equals_the_full_computation(attention):
 @pytest.mark.parametrize("name,params", [("multilevel", {"score": "both"}), ("multilevel", {"score": "words"}),
                                          ("multilevel", {"score": "sentence", "text_chunk": 2}), ("matchmap", {}),
                                          ("mcb_attention", {"caption_queries": "words"}),
-                                         ("mcb_attention", {"caption_queries": "sentence"})])
+                                         ("mcb_attention", {"caption_queries": "sentence"}), ("dsve_loc", {})])
 def test_chunked_matrix_equals_unchunked_and_a_naive_loop(name, params):
     model = make(name, **params)
     with torch.no_grad():

@@ -123,7 +123,22 @@ class DSVELoc(FrozenEvalMixin, JointSpaceGrounder):
 
     def scores(self, images: Tensor, texts: list[str]) -> Tensor:
         """``[B, T]`` cosine scores; exactly ``encode_image(images) @ encode_text(texts).T``."""
-        return self.encode_image(images) @ self.encode_text(texts).T
+        return self.score_features(self.score_image_features(images), self.score_text_features(texts))
+
+    # The score in parts, so that retrieval's image x caption matrix (``weakground.engine.retrieval``) encodes each
+    # caption once rather than once per image.
+    def score_image_features(self, images: Tensor) -> Tensor:
+        """What :meth:`scores` reads of the images: ``[B, D]`` unit embeddings."""
+        return self.encode_image(images)
+
+    def score_text_features(self, texts: list[str]) -> Tensor:
+        """What :meth:`scores` reads of the texts: ``[T, D]`` unit embeddings."""
+        return self.encode_text(texts)
+
+    @staticmethod
+    def score_features(image_features: Tensor, text_features: Tensor) -> Tensor:
+        """``[B, T]`` cosine scores from :meth:`score_image_features` and :meth:`score_text_features`."""
+        return image_features @ text_features.T
 
     # -- localisation -----------------------------------------------------------------------------------------
     def localize(self, maps: Tensor, texts: Tensor) -> Tensor:
